@@ -1,0 +1,125 @@
+"""`overfill bench decode`: prefill time and TPOT per mode and batch size, against the weight-bytes roofline.
+
+Modes run interleaved (full, overfill, pruned, full, ...) within each batch size so that they see the same machine
+noise; each figure is the median over repeats. The roofline TPOT is the bytes a decode step must read divided by the
+read bandwidth measured on the spot (a large tensor reduction): the weights alone, and weights plus the KV cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from overfill.engine.generate import Mode, TwoStageEngine
+from overfill.engine.loader import load_engine
+from overfill.engine.sampling import SamplingParams
+
+
+@dataclass
+class DecodeBenchSpec:
+    model: str = "smollm2-135m"
+    decoder: str | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    prompt_len: int = 512
+    gen_len: int = 128
+    modes: list[str] = field(default_factory=lambda: [m.value for m in Mode])
+    repeats: int = 3
+    dtype: str = "auto"
+    device: str = "cpu"
+
+
+def measure_read_bandwidth(device: str, num_bytes: int = 1 << 29, repeats: int = 7) -> float:
+    """Best-of-N bytes/s of summing a float32 buffer far larger than the caches."""
+    buffer = torch.ones(num_bytes // 4, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        buffer.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return num_bytes / best
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
+    loaded = load_engine(spec.model, spec.decoder, spec.modes, dtype=spec.dtype, device=spec.device)
+    # The same runners without EOS, so every run generates exactly gen_len tokens.
+    engine = TwoStageEngine(loaded.engine.full, loaded.engine.decoder, eos_token_ids=set())
+    bandwidth = measure_read_bandwidth(spec.device)
+    generator = torch.Generator().manual_seed(0)
+    vocab = engine.geometry.vocab_size
+    params = SamplingParams(temperature=0.0, max_new_tokens=spec.gen_len)
+    kv_bytes_per_token = engine.new_cache(1, 1).spec.bytes_per_token
+
+    rows = []
+    runs = [(b, r, m) for b in spec.batch_sizes for r in range(spec.repeats + 1) for m in spec.modes]
+    samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for batch_size, repeat, mode in tqdm(runs, desc="bench decode", disable=not progress):
+        prompts = torch.randint(0, vocab, (batch_size, spec.prompt_len), generator=generator).tolist()
+        outputs = engine.generate(prompts, params, mode)
+        if repeat == 0:
+            continue  # warm-up
+        tpot = statistics.mean(o.tpot_s for o in outputs)
+        samples.setdefault((batch_size, mode), []).append((outputs[0].ttft_s, tpot))
+
+    for (batch_size, mode), measured in samples.items():
+        _, decode_runner = engine.runners(mode)
+        prefill_s = statistics.median(t for t, _ in measured)
+        tpot_s = statistics.median(t for _, t in measured)
+        mean_context = spec.prompt_len + spec.gen_len / 2
+        kv_bytes = batch_size * mean_context * kv_bytes_per_token
+        rows.append({
+            "mode": mode, "batch_size": batch_size, "prefill_ms": 1e3 * prefill_s, "tpot_ms": 1e3 * tpot_s,
+            "tokens_per_s": batch_size / tpot_s, "weight_bytes": decode_runner.weight_bytes,
+            "roofline_tpot_ms": 1e3 * decode_runner.weight_bytes / bandwidth,
+            "roofline_with_kv_tpot_ms": 1e3 * (decode_runner.weight_bytes + kv_bytes) / bandwidth,
+        })
+        rows[-1]["tpot_over_roofline"] = rows[-1]["tpot_ms"] / rows[-1]["roofline_tpot_ms"]
+
+    ratios = []
+    for batch_size in spec.batch_sizes:
+        by_mode = {r["mode"]: r for r in rows if r["batch_size"] == batch_size}
+        if "full" in by_mode and "overfill" in by_mode:
+            tpot_ratio = by_mode["overfill"]["tpot_ms"] / by_mode["full"]["tpot_ms"]
+            bytes_ratio = by_mode["overfill"]["weight_bytes"] / by_mode["full"]["weight_bytes"]
+            ratios.append({"batch_size": batch_size, "overfill_over_full_tpot": tpot_ratio,
+                           "decoder_over_full_bytes": bytes_ratio, "tpot_ratio_over_bytes_ratio": tpot_ratio / bytes_ratio})
+    return {
+        "spec": asdict(spec), "read_bandwidth_gb_s": bandwidth / 1e9, "kv_bytes_per_token": kv_bytes_per_token,
+        "torch_threads": torch.get_num_threads(), "device_name": _device_name(spec.device), "rows": rows,
+        "ratios": ratios,
+    }
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def format_report(result: dict) -> str:
+    lines = [f"read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s, {result['torch_threads']} threads, "
+             f"{result['device_name']}"]
+    header = (f"{'mode':<9} {'batch':>5} {'prefill ms':>11} {'TPOT ms':>8} {'tok/s':>8} {'weights MB':>11} "
+              f"{'roofline ms':>12} {'+KV ms':>7} {'TPOT/roof':>10}")
+    lines += [header, "-" * len(header)]
+    for r in sorted(result["rows"], key=lambda r: (r["batch_size"], r["mode"])):
+        lines.append(f"{r['mode']:<9} {r['batch_size']:>5} {r['prefill_ms']:>11.1f} {r['tpot_ms']:>8.2f} "
+                     f"{r['tokens_per_s']:>8.1f} {r['weight_bytes'] / 1e6:>11.1f} {r['roofline_tpot_ms']:>12.2f} "
+                     f"{r['roofline_with_kv_tpot_ms']:>7.2f} {r['tpot_over_roofline']:>10.2f}")
+    for q in result["ratios"]:
+        lines.append(f"batch {q['batch_size']}: OverFill TPOT / full TPOT = {q['overfill_over_full_tpot']:.3f}; "
+                     f"decoder bytes / full bytes = {q['decoder_over_full_bytes']:.3f} "
+                     f"(ratio of ratios {q['tpot_ratio_over_bytes_ratio']:.2f})")
+    return "\n".join(lines)

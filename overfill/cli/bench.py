@@ -1,0 +1,43 @@
+"""`overfill bench`: runnable benchmarks that print a table and save JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks (tables + JSON)")
+    sub = p.add_subparsers(dest="bench_command", required=True)
+    decode = sub.add_parser("decode", help="prefill ms and TPOT per mode vs the weight-bytes roofline")
+    decode.add_argument("--model", default="smollm2-135m")
+    decode.add_argument("--decoder", help="decoder directory or 'default' (the default for smollm2-135m)")
+    decode.add_argument("--batch-sizes", type=_int_list, default=[1, 8])
+    decode.add_argument("--prompt-len", type=int, default=512)
+    decode.add_argument("--gen-len", type=int, default=128)
+    decode.add_argument("--modes", default="full,overfill,pruned")
+    decode.add_argument("--repeats", type=int, default=3, help="measured runs per cell (after one warm-up)")
+    decode.add_argument("--dtype", default="auto")
+    decode.add_argument("--device", default="cpu")
+    decode.add_argument("--json", type=Path, help="write the results here")
+    decode.set_defaults(run=run_decode)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from overfill.bench.decode import DecodeBenchSpec, format_report, run_decode_bench
+
+    spec = DecodeBenchSpec(model=args.model, decoder=args.decoder, batch_sizes=args.batch_sizes,
+                           prompt_len=args.prompt_len, gen_len=args.gen_len, modes=args.modes.split(","),
+                           repeats=args.repeats, dtype=args.dtype, device=args.device)
+    result = run_decode_bench(spec)
+    print(format_report(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"saved {args.json}")
+    return 0

@@ -1,0 +1,135 @@
+"""Two-stage generation in process: prefill with one model, decode with another, on one KV cache.
+
+Modes (DESIGN §2):
+    overfill  the full model prefills and samples the first token; the decoder continues on the full model's KV
+    full      the full model does both stages (the quality reference)
+    pruned    the decoder does both stages (the baseline OverFill must beat)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from overfill.engine.kv_cache import CacheSpec, KVCache
+from overfill.engine.runner import ModelRunner
+from overfill.engine.sampling import SamplingParams, sample
+from overfill.geometry import check_same_geometry
+
+
+class Mode(str, Enum):
+    OVERFILL = "overfill"
+    FULL = "full"
+    PRUNED = "pruned"
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str   # "stop" (an EOS token, included in token_ids) or "length"
+    ttft_s: float        # request start -> first token sampled
+    tpot_s: float | None  # (last token time - first token time) / (tokens - 1); None for a single token
+
+
+TokenCallback = Callable[[int, int], None]  # (row, token_id), called as each token is sampled
+
+
+class TwoStageEngine:
+    """Holds the full model and/or the decoder and runs batched generation in any mode they allow."""
+
+    def __init__(self, full: ModelRunner | None, decoder: ModelRunner | None, eos_token_ids: set[int]):
+        if full is None and decoder is None:
+            raise ValueError("the engine needs a full model, a decoder, or both")
+        if full is not None and decoder is not None:
+            check_same_geometry(full.geometry, decoder.geometry)
+        self.full, self.decoder = full, decoder
+        self.eos_token_ids = set(eos_token_ids)
+        reference = full or decoder
+        self.geometry, self.dtype, self.device = reference.geometry, reference.dtype, reference.device
+
+    def runners(self, mode: Mode | str) -> tuple[ModelRunner, ModelRunner]:
+        """(prefill runner, decode runner) for a mode, or a ValueError naming what is missing."""
+        mode = Mode(mode)
+        need = {Mode.OVERFILL: ("full", "decoder"), Mode.FULL: ("full",), Mode.PRUNED: ("decoder",)}[mode]
+        missing = [name for name in need if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"mode {mode.value!r} needs the {' and the '.join(missing)} model, which is not loaded")
+        prefill = self.decoder if mode is Mode.PRUNED else self.full
+        decode = self.full if mode is Mode.FULL else self.decoder
+        return prefill, decode
+
+    def new_cache(self, num_slots: int, max_seq_len: int) -> KVCache:
+        return KVCache(CacheSpec.for_geometry(self.geometry, num_slots, max_seq_len, self.dtype, self.device))
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], mode: Mode | str,
+                 on_token: TokenCallback | None = None, cache: KVCache | None = None) -> list[GenerationOutput]:
+        """Generate for a batch of tokenized prompts; every KV slot used is freed before returning (or raising)."""
+        prefill_runner, decode_runner = self.runners(mode)
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {index} is empty")
+        max_seq_len = max(len(p) + sp.max_new_tokens for p, sp in zip(prompts, params))
+        cache = cache or self.new_cache(len(prompts), max_seq_len)
+        slots = cache.allocate(len(prompts))
+        try:
+            return self._generate(prefill_runner, decode_runner, cache, slots, prompts, params, on_token)
+        finally:
+            cache.free(slots)
+
+    def _generate(self, prefill_runner: ModelRunner, decode_runner: ModelRunner, cache: KVCache, slots: list[int],
+                  prompts: list[list[int]], params: list[SamplingParams],
+                  on_token: TokenCallback | None) -> list[GenerationOutput]:
+        start = time.perf_counter()
+        generators = [p.make_generator(self.device) for p in params]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        finish: list[str | None] = [None] * len(prompts)
+        last_time = [0.0] * len(prompts)
+
+        def accept(row: int, token: int) -> None:
+            outputs[row].append(token)
+            last_time[row] = time.perf_counter()
+            if on_token is not None:
+                on_token(row, token)
+            if token in self.eos_token_ids:
+                finish[row] = "stop"
+            elif len(outputs[row]) >= params[row].max_new_tokens:
+                finish[row] = "length"
+
+        # 1) Prefill every prompt in one right-padded batch and sample the first tokens.
+        lengths = [len(p) for p in prompts]
+        input_ids = torch.zeros(len(prompts), max(lengths), dtype=torch.long)  # [B, T], padding id 0 never attended
+        for row, prompt in enumerate(prompts):
+            input_ids[row, :len(prompt)] = torch.tensor(prompt)
+        logits = prefill_runner.forward(cache, slots, input_ids.to(self.device), num_new=lengths)  # [B, V]
+        for row, token in enumerate(sample(logits, params, generators)):
+            accept(row, token)
+        first_time = list(last_time)
+
+        # 2) Decode the rows still running, one token each per step, until EOS or max_new_tokens.
+        active = [row for row in range(len(prompts)) if finish[row] is None]
+        while active:
+            step_ids = torch.tensor([[outputs[row][-1]] for row in active], device=self.device)  # [A, 1]
+            logits = decode_runner.forward(cache, [slots[row] for row in active], step_ids)  # [A, V]
+            tokens = sample(logits, [params[row] for row in active], [generators[row] for row in active])
+            for row, token in zip(active, tokens):
+                accept(row, token)
+            active = [row for row in active if finish[row] is None]
+
+        return [
+            GenerationOutput(
+                token_ids=outputs[row],
+                prompt_tokens=lengths[row],
+                finish_reason=finish[row],
+                ttft_s=first_time[row] - start,
+                tpot_s=(last_time[row] - first_time[row]) / (len(outputs[row]) - 1) if len(outputs[row]) > 1 else None,
+            )
+            for row in range(len(prompts))
+        ]

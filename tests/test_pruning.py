@@ -1,0 +1,129 @@
+"""Calibration and width pruning: the identity invariant, slicing, padding masking, size checks, refusals."""
+
+import pytest
+import torch
+
+from overfill.calibration import CalibrationDataError, estimate_importance, load_calibration
+from overfill.engine.generate import TwoStageEngine
+from overfill.engine.runner import ModelRunner
+from overfill.engine.sampling import SamplingParams
+from overfill.geometry import KVGeometry
+from overfill.model_loading import UnsupportedModelError, check_supported
+from overfill.pruning import KeptChannels, PruneSizeError, check_sizes, prune_model, select_channels
+from tests.tiny import CORPUS, tiny_model, tiny_tokenizer
+
+
+def importance_of(model, batch_size=2):
+    return estimate_importance(model, tiny_tokenizer(), CORPUS, batch_size=batch_size, progress=False)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_identity_prune_keeps_logits_and_overfill_equals_full(arch):
+    full = tiny_model(arch)
+    config = full.config
+    kept = select_channels(importance_of(full), config.hidden_size, config.intermediate_size)
+    decoder = prune_model(full, kept)
+    input_ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decoder(input_ids).logits, full(input_ids).logits, rtol=0, atol=0)
+
+    engine = TwoStageEngine(ModelRunner(full), ModelRunner(decoder), eos_token_ids=set())
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
+    params = SamplingParams(max_new_tokens=12)
+    overfill = [o.token_ids for o in engine.generate(prompts, params, "overfill")]
+    assert overfill == [o.token_ids for o in engine.generate(prompts, params, "full")]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_pruned_shapes_keep_kv_geometry(arch):
+    full = tiny_model(arch)
+    kept = select_channels(importance_of(full), 48, 40)
+    decoder = prune_model(full, kept)
+    assert (decoder.config.hidden_size, decoder.config.intermediate_size) == (48, 40)
+    assert decoder.config.head_dim == 16
+    assert KVGeometry.from_config(decoder.config) == KVGeometry.from_config(full.config)
+    m, mi = torch.tensor(kept.hidden), torch.tensor(kept.mlp[1])
+    layer, full_layer = decoder.model.layers[1], full.model.layers[1]
+    assert torch.equal(layer.self_attn.k_proj.weight, full_layer.self_attn.k_proj.weight[:, m])
+    assert torch.equal(layer.self_attn.o_proj.weight, full_layer.self_attn.o_proj.weight[m, :])
+    assert torch.equal(layer.mlp.down_proj.weight, full_layer.mlp.down_proj.weight[m][:, mi])
+    assert torch.equal(layer.mlp.up_proj.weight, full_layer.mlp.up_proj.weight[mi][:, m])
+    assert torch.equal(decoder.model.norm.weight, full.model.norm.weight[m])
+    assert torch.equal(decoder.lm_head.weight, full.lm_head.weight[:, m])
+    if full.config.tie_word_embeddings:
+        assert decoder.lm_head.weight is decoder.model.embed_tokens.weight
+    if arch == "qwen2":
+        assert torch.equal(layer.self_attn.q_proj.bias, full_layer.self_attn.q_proj.bias)
+    # It runs, and on the full model's KV: overfill mode decodes with it.
+    engine = TwoStageEngine(ModelRunner(full), ModelRunner(decoder), eos_token_ids=set())
+    out = engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4), "overfill")[0]
+    assert len(out.token_ids) == 4
+
+
+def test_kept_channels_are_the_most_important_in_order():
+    full = tiny_model("llama")
+    importance = importance_of(full)
+    kept = select_channels(importance, 16, 8)
+    assert kept.hidden == sorted(kept.hidden) and len(kept.hidden) == 16
+    threshold = importance.hidden[kept.hidden].min()
+    dropped = [i for i in range(64) if i not in kept.hidden]
+    assert importance.hidden[dropped].max() <= threshold
+
+
+def test_padding_is_masked_out_of_importance():
+    full = tiny_model("qwen3")
+    one_by_one = importance_of(full, batch_size=1)
+    padded = importance_of(full, batch_size=5)  # samples of different lengths share a padded batch
+    torch.testing.assert_close(padded.hidden, one_by_one.hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded.mlp, one_by_one.mlp, rtol=1e-4, atol=1e-5)
+    assert padded.num_tokens == one_by_one.num_tokens
+
+
+def test_sizes_refused_name_the_nearest_accepted():
+    config = tiny_model("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3, head_dim=8).config
+    with pytest.raises(PruneSizeError, match="nearest accepted: 36 or 45"):
+        check_sizes(config, 40, 48)
+    with pytest.raises(PruneSizeError, match=r"intermediate_size must be in \[1, 96\]"):
+        check_sizes(config, 36, 97)
+    check_sizes(config, 36, 48)
+
+
+def test_kept_mlp_counts_must_agree():
+    full = tiny_model("llama")
+    with pytest.raises(ValueError, match="same count"):
+        prune_model(full, KeptChannels(hidden=list(range(64)), mlp=[list(range(10)), list(range(9)), list(range(10))]))
+
+
+def test_calibration_lines_are_parsed_and_errors_name_the_line(tmp_path):
+    good = tmp_path / "cal.jsonl"
+    good.write_text('{"text": "hello there"}\n\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    calibration = load_calibration(good, tiny_tokenizer())
+    assert calibration.texts[0] == "hello there" and "<|im_start|>user\nhi" in calibration.texts[1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"prompt": "wrong key"}\n')
+    with pytest.raises(CalibrationDataError, match="bad.jsonl:2"):
+        load_calibration(bad, tiny_tokenizer())
+
+
+def test_shipped_calibration_set_has_a_few_hundred_samples():
+    calibration = load_calibration(None, tiny_tokenizer())
+    assert len(calibration.texts) >= 200
+
+
+@pytest.mark.parametrize("model_type, overrides, reason", [
+    ("gemma", {}, "Gemma"), ("qwen2_moe", {"num_experts": 8}, "mixture-of-experts"), ("gpt2", {}, "not supported"),
+])
+def test_unsupported_architectures_are_refused_with_a_reason(model_type, overrides, reason):
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **overrides)
+    with pytest.raises(UnsupportedModelError, match=reason):
+        check_supported(config)
+
+
+def test_qwen_sliding_window_and_dynamic_rope_are_refused():
+    with pytest.raises(UnsupportedModelError, match="sliding-window"):
+        check_supported(tiny_model("qwen2", use_sliding_window=True, sliding_window=8).config)
+    config = tiny_model("llama").config
+    config.rope_parameters = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    with pytest.raises(UnsupportedModelError, match="dynamic"):
+        check_supported(config)
