@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test decoder clean
+.PHONY: install test decoder proto clean
 
 # Build the virtual environment once; redo it when the dependencies change.
 $(STAMP): pyproject.toml
@@ -22,6 +22,10 @@ test: $(STAMP)
 # Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill).
 decoder: $(STAMP)
 	$(VENV)/bin/overfill decoder build-default
+
+# Regenerate the committed gRPC stubs (overfill/v1/) after editing proto/; a test checks they match.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/overfill/v1/*.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info

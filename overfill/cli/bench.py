@@ -27,6 +27,15 @@ def add_parser(subparsers) -> None:
     decode.add_argument("--json", type=Path, help="write the results here")
     decode.set_defaults(run=run_decode)
 
+    transfer = sub.add_parser("transfer", help="KV pull GB/s and latency per size vs a local copy")
+    transfer.add_argument("--transport", default="grpc", help="grpc (default) or inprocess")
+    transfer.add_argument("--sizes", type=lambda t: [float(x) for x in t.split(",") if x], default=[1, 16, 64, 256],
+                          help="KV sizes in MB (default 1,16,64,256)")
+    transfer.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    transfer.add_argument("--repeats", type=int, default=5)
+    transfer.add_argument("--json", type=Path, help="write the results here")
+    transfer.set_defaults(run=run_transfer)
+
 
 def run_decode(args: argparse.Namespace) -> int:
     from overfill.bench.decode import DecodeBenchSpec, format_report, run_decode_bench
@@ -36,8 +45,22 @@ def run_decode(args: argparse.Namespace) -> int:
                            repeats=args.repeats, dtype=args.dtype, device=args.device)
     result = run_decode_bench(spec)
     print(format_report(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"saved {args.json}")
+    _save(result, args.json)
     return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from overfill.bench.transfer import TransferBenchSpec, format_report, run_transfer_bench
+
+    result = run_transfer_bench(TransferBenchSpec(transport=args.transport, sizes_mb=args.sizes, dtype=args.dtype,
+                                                  repeats=args.repeats))
+    print(format_report(result))
+    _save(result, args.json)
+    return 0
+
+
+def _save(result: dict, path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"saved {path}")

@@ -1,0 +1,93 @@
+"""The KV transfer interface, split by role, and the registry of backends by name.
+
+Prefill side (`KVSender`): holds a finished prefill's KV under a lease and hands out a ticket saying where to pull it.
+Decode side (`KVReceiver`): pulls the KV a ticket names, then releases the lease so prefill frees it.
+Backends: `grpc` (chunked streaming over the internal KV service), `inprocess` (tests: both roles in one process).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from overfill.transport.wire import KVLayout
+
+
+class KVTransferError(RuntimeError):
+    """A pull or release failed; `code` is the gRPC status name (NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class KVTicket:
+    """What prefill returns instead of KV bytes: small enough to travel through the router."""
+
+    request_id: str
+    address: str           # where the KV service holding the lease listens (host:port), or the in-process name
+    layout: KVLayout       # geometry, dtype and token count of the leased KV
+    expires_at: float      # wall-clock (time.time()) expiry of the lease
+
+
+class KVSender(ABC):
+    """Prefill side. Built once per prefill replica."""
+
+    @abstractmethod
+    def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
+        """Lease KV (k, v: [L, H, T, D], owned by the sender from now on) and return its ticket."""
+
+    @abstractmethod
+    def release(self, request_id: str) -> bool:
+        """Free a lease now (e.g. the request was cancelled before anyone pulled)."""
+
+    @property
+    @abstractmethod
+    def num_leases(self) -> int: ...
+
+    def close(self) -> None:
+        """Stop serving; every lease is dropped."""
+
+
+class KVReceiver(ABC):
+    """Decode side. Built once per decode replica."""
+
+    @abstractmethod
+    def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ticket's KV, k, v: [L, H, T, D], checked against `expected` (geometry and dtype; token count too if
+        set). Raises KVTransferError."""
+
+    @abstractmethod
+    def release(self, ticket: KVTicket) -> bool:
+        """Acknowledge: the prefill side frees the lease."""
+
+    def close(self) -> None:
+        """Close connections."""
+
+
+_SENDERS: dict[str, Callable[..., KVSender]] = {}
+_RECEIVERS: dict[str, Callable[..., KVReceiver]] = {}
+
+
+def register_backend(name: str, sender: Callable[..., KVSender], receiver: Callable[..., KVReceiver]) -> None:
+    _SENDERS[name], _RECEIVERS[name] = sender, receiver
+
+
+def _lookup(table: dict, name: str):
+    from overfill.transport import grpc_backend, inprocess  # noqa: F401  (registers the built-in backends)
+
+    if name not in table:
+        raise ValueError(f"transport {name!r} is not one of: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def make_sender(name: str, **kwargs) -> KVSender:
+    return _lookup(_SENDERS, name)(**kwargs)
+
+
+def make_receiver(name: str, **kwargs) -> KVReceiver:
+    return _lookup(_RECEIVERS, name)(**kwargs)

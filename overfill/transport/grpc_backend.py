@@ -1,0 +1,184 @@
+"""KV transfer over the internal gRPC KV service (proto/overfill/v1/kv_transfer.proto).
+
+The prefill replica runs a `KVTransfer` server on a cluster-internal address; the decode replica pulls a lease as a
+stream (header, then chunks of each layer's K and V well under gRPC's message limit) and releases it. Every call
+carries the cluster secret in metadata and is refused with UNAUTHENTICATED without it (constant-time compare).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import torch
+
+from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
+from overfill.transport.leases import LeaseTable
+from overfill.transport.wire import (
+    DEFAULT_CHUNK_BYTES,
+    Chunk,
+    KVAssembler,
+    KVLayout,
+    KVWireError,
+    encode_chunks,
+    layout_mismatch,
+)
+from overfill.v1 import kv_transfer_pb2 as pb
+from overfill.v1 import kv_transfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SECRET_METADATA_KEY = "x-overfill-kv-secret"
+MAX_MESSAGE_BYTES = 4 << 20  # gRPC's default; chunks stay a quarter of it
+
+
+def _geometry(layout: KVLayout) -> pb.KVGeometry:
+    return pb.KVGeometry(num_layers=layout.num_layers, num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim)
+
+
+def _layout(geometry: pb.KVGeometry, dtype: str, num_tokens: int) -> KVLayout:
+    return KVLayout(geometry.num_layers, geometry.num_kv_heads, geometry.head_dim, dtype, num_tokens)
+
+
+class _KVTransferServicer(pb_grpc.KVTransferServicer):
+    def __init__(self, leases: LeaseTable, secret: str, chunk_bytes: int):
+        self.leases, self.secret, self.chunk_bytes = leases, secret.encode(), chunk_bytes
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        sent = dict(context.invocation_metadata()).get(SECRET_METADATA_KEY, "")
+        if not hmac.compare_digest(sent.encode(), self.secret):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong KV service secret")
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext):
+        self._authenticate(context)
+        lease = self.leases.get(request.request_id)
+        if lease is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no KV lease for request {request.request_id!r} (never made, released or expired)")
+        layout = lease.layout
+        expected = _layout(request.expected_geometry, request.expected_dtype, 0)
+        problem = layout_mismatch(layout, expected)
+        if problem:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"leased KV has {problem}")
+        yield pb.KVMessage(header=pb.KVHeader(request_id=request.request_id, geometry=_geometry(layout),
+                                              dtype=layout.dtype, num_tokens=layout.num_tokens,
+                                              total_bytes=layout.total_bytes))
+        for chunk in encode_chunks(lease.k, lease.v, self.chunk_bytes):
+            yield pb.KVMessage(chunk=pb.KVChunk(kind=chunk.kind, offset=chunk.offset, data=bytes(chunk.data)))
+
+    def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:
+        self._authenticate(context)
+        return pb.ReleaseResponse(released=self.leases.release(request.request_id))
+
+
+class GrpcKVSender(KVSender):
+    """Serves this replica's leases on `bind_address` (cluster-internal; port 0 picks a free one)."""
+
+    def __init__(self, secret: str, bind_address: str = "127.0.0.1:0", advertise_host: str | None = None,
+                 lease_ttl_s: float = 30.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_workers: int = 8,
+                 expiry_interval_s: float = 1.0):
+        if not secret:
+            raise ValueError("the KV service needs a shared secret (kv_secret)")
+        if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES // 2:
+            raise ValueError(f"chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], got {chunk_bytes}")
+        self.leases = LeaseTable(lease_ttl_s)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+        pb_grpc.add_KVTransferServicer_to_server(_KVTransferServicer(self.leases, secret, chunk_bytes), self.server)
+        port = self.server.add_insecure_port(bind_address)
+        if port == 0:
+            raise OSError(f"KV service could not bind {bind_address}")
+        host = advertise_host or bind_address.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        self.server.start()
+        self._stop = threading.Event()
+        self._expiry = threading.Thread(target=self._expire_loop, args=(expiry_interval_s,), daemon=True,
+                                        name="kv-lease-expiry")
+        self._expiry.start()
+        log.info("KV service listening on %s", self.address)
+
+    def _expire_loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            expired = self.leases.expire()
+            if expired:
+                log.warning("freed %d unclaimed KV lease(s) past their %.0f s lease", expired, self.leases.ttl_s)
+
+    def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
+        lease = self.leases.put(request_id, k, v)
+        return KVTicket(request_id, self.address, lease.layout, time.time() + (lease.expires_at - self.leases.clock()))
+
+    def release(self, request_id: str) -> bool:
+        return self.leases.release(request_id)
+
+    @property
+    def num_leases(self) -> int:
+        return len(self.leases)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.stop(grace=None)
+
+
+class GrpcKVReceiver(KVReceiver):
+    """Pulls leases from any prefill replica's KV service; one channel per address, reused."""
+
+    def __init__(self, secret: str, **_):
+        if not secret:
+            raise ValueError("the KV service needs a shared secret (kv_secret)")
+        self.metadata = ((SECRET_METADATA_KEY, secret),)
+        self._stubs: dict[str, pb_grpc.KVTransferStub] = {}
+        self._channels: list[grpc.Channel] = []
+        self._lock = threading.Lock()
+
+    def _stub(self, address: str) -> pb_grpc.KVTransferStub:
+        with self._lock:
+            if address not in self._stubs:
+                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+                self._channels.append(channel)
+                self._stubs[address] = pb_grpc.KVTransferStub(channel)
+            return self._stubs[address]
+
+    def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0):
+        request = pb.PullRequest(request_id=ticket.request_id, expected_geometry=_geometry(expected),
+                                 expected_dtype=expected.dtype)
+        assembler = None
+        try:
+            for message in self._stub(ticket.address).Pull(request, metadata=self.metadata, timeout=timeout_s):
+                if message.HasField("header"):
+                    if assembler is not None:
+                        raise KVWireError("KV stream sent a second header")
+                    h = message.header
+                    assembler = KVAssembler(expected, _layout(h.geometry, h.dtype, h.num_tokens), h.total_bytes)
+                elif assembler is None:
+                    raise KVWireError("KV stream sent a chunk before its header")
+                else:
+                    c = message.chunk
+                    assembler.add(Chunk(c.kind, c.offset, c.data))
+        except grpc.RpcError as e:
+            raise KVTransferError(e.code().name, e.details() or "KV pull failed") from e
+        except KVWireError as e:
+            raise KVTransferError("DATA_LOSS", str(e)) from e
+        if assembler is None:
+            raise KVTransferError("DATA_LOSS", "KV stream ended without a header")
+        try:
+            return assembler.finish()
+        except KVWireError as e:
+            raise KVTransferError("DATA_LOSS", str(e)) from e
+
+    def release(self, ticket: KVTicket) -> bool:
+        try:
+            response = self._stub(ticket.address).Release(pb.ReleaseRequest(request_id=ticket.request_id),
+                                                          metadata=self.metadata, timeout=10.0)
+        except grpc.RpcError as e:
+            raise KVTransferError(e.code().name, e.details() or "KV release failed") from e
+        return response.released
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+register_backend("grpc", GrpcKVSender, GrpcKVReceiver)

@@ -1,0 +1,90 @@
+"""The lease table: a finished prefill's KV held for the decode replica that will pull it, for a bounded time.
+
+Prefill puts a request's KV under a lease; the puller reads it and releases it. A lease nobody releases expires after
+its time-to-live and its KV is freed (and counted), so no KV can leak however a request dies (DESIGN §3, invariant).
+Thread-safe: the gRPC KV service reads it from its worker threads while the prefill loop writes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from overfill.transport.wire import KVLayout
+
+
+@dataclass
+class Lease:
+    request_id: str
+    k: torch.Tensor  # [L, H, T, D]
+    v: torch.Tensor  # [L, H, T, D]
+    expires_at: float
+
+    @property
+    def layout(self) -> KVLayout:
+        return KVLayout.of(self.k)
+
+    @property
+    def num_bytes(self) -> int:
+        return self.layout.total_bytes
+
+
+class LeaseTable:
+    def __init__(self, ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        if ttl_s <= 0:
+            raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self.num_expired = 0   # leases freed because nobody released them in time
+        self.num_released = 0
+
+    def put(self, request_id: str, k: torch.Tensor, v: torch.Tensor, ttl_s: float | None = None) -> Lease:
+        """Hold KV (k, v: [L, H, T, D]) for `request_id`; returns the lease with its expiry (monotonic clock)."""
+        lease = Lease(request_id, k, v, self.clock() + (ttl_s or self.ttl_s))
+        with self._lock:
+            if request_id in self._leases:
+                raise KeyError(f"a KV lease for request {request_id!r} already exists")
+            self._leases[request_id] = lease
+        return lease
+
+    def get(self, request_id: str) -> Lease | None:
+        """The live lease for a request, or None (never made, released, or expired, which frees it now)."""
+        with self._lock:
+            lease = self._leases.get(request_id)
+            if lease is not None and lease.expires_at <= self.clock():
+                del self._leases[request_id]
+                self.num_expired += 1
+                return None
+            return lease
+
+    def release(self, request_id: str) -> bool:
+        with self._lock:
+            lease = self._leases.pop(request_id, None)
+            if lease is not None:
+                self.num_released += 1
+            return lease is not None
+
+    def expire(self) -> int:
+        """Free every lease past its expiry; returns how many. Call periodically."""
+        now = self.clock()
+        with self._lock:
+            dead = [rid for rid, lease in self._leases.items() if lease.expires_at <= now]
+            for rid in dead:
+                del self._leases[rid]
+            self.num_expired += len(dead)
+        return len(dead)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
+    @property
+    def num_bytes(self) -> int:
+        with self._lock:
+            return sum(lease.num_bytes for lease in self._leases.values())

@@ -1,0 +1,184 @@
+"""KV transfer: wire format, leases, and the gRPC KV service (bit-exact, secret, errors, multi-chunk)."""
+
+import pytest
+import torch
+
+from overfill.transport.base import KVTransferError, make_receiver, make_sender
+from overfill.transport.leases import LeaseTable
+from overfill.transport.wire import KEY, Chunk, KVAssembler, KVLayout, KVWireError, encode_chunks
+
+SECRET = "test-secret"
+
+
+def random_kv(dtype=torch.float32, layers=3, heads=2, tokens=37, head_dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (layers, heads, tokens, head_dim)
+    return (torch.randn(shape, generator=generator).to(dtype), torch.randn(shape, generator=generator).to(dtype))
+
+
+def assemble(chunks, layout, expected=None):
+    assembler = KVAssembler(expected, layout, layout.total_bytes)
+    for chunk in chunks:
+        assembler.add(chunk)
+    return assembler.finish()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_wire_round_trip_is_bit_exact(dtype):
+    k, v = random_kv(dtype)
+    layout = KVLayout.of(k)
+    chunks = list(encode_chunks(k, v, chunk_bytes=100))  # chunks span layers; the last of each tensor is short
+    assert all(len(c.data) <= 100 for c in chunks) and len(chunks) == 2 * -(-KVLayout.of(k).tensor_bytes // 100)
+    k2, v2 = assemble(reversed(chunks), layout)  # order does not matter
+    assert torch.equal(k2.view(torch.uint8), k.view(torch.uint8)) and torch.equal(v2.view(torch.uint8), v.view(torch.uint8))
+
+
+def test_assembler_refuses_wrong_geometry_dtype_and_sizes():
+    k, v = random_kv()
+    layout = KVLayout.of(k)
+    with pytest.raises(KVWireError, match="num_kv_heads=2, expected 4"):
+        KVAssembler(KVLayout(3, 4, 16, "float32", 0), layout, layout.total_bytes)
+    with pytest.raises(KVWireError, match="dtype='float32', expected 'bfloat16'"):
+        KVAssembler(KVLayout(3, 2, 16, "bfloat16", 0), layout, layout.total_bytes)
+    with pytest.raises(KVWireError, match="total_bytes"):
+        KVAssembler(None, layout, layout.total_bytes + 4)
+    with pytest.raises(KVWireError, match="dtype 'int8'"):
+        bad = KVLayout(3, 2, 16, "int8", 37)
+        KVAssembler(None, bad, 0)
+
+
+def test_assembler_refuses_truncated_overlapping_and_stray_chunks():
+    k, v = random_kv()
+    layout = KVLayout.of(k)
+    chunks = list(encode_chunks(k, v, chunk_bytes=256))
+    with pytest.raises(KVWireError, match="ended after"):
+        assemble(chunks[:-1], layout)
+    assembler = KVAssembler(None, layout, layout.total_bytes)
+    assembler.add(chunks[0])
+    with pytest.raises(KVWireError, match="overlaps"):
+        assembler.add(Chunk(chunks[0].kind, 8, bytes(16)))
+    with pytest.raises(KVWireError, match="neither key"):
+        assembler.add(Chunk(7, 0, bytes(4)))
+    with pytest.raises(KVWireError, match="outside"):
+        assembler.add(Chunk(KEY, layout.tensor_bytes - 2, bytes(4)))
+
+
+def test_leases_expire_and_are_counted():
+    now = [100.0]
+    leases = LeaseTable(ttl_s=3.0, clock=lambda: now[0])
+    k, v = random_kv()
+    leases.put("a", k, v)
+    leases.put("b", k, v)
+    assert leases.num_bytes == 2 * KVLayout.of(k).total_bytes
+    assert leases.release("a") and not leases.release("a")
+    with pytest.raises(KeyError):
+        leases.put("b", k, v)
+    now[0] = 102.9
+    assert leases.expire() == 0 and leases.get("b") is not None
+    now[0] = 103.0
+    assert leases.get("b") is None  # reading an expired lease frees it too
+    assert len(leases) == 0 and leases.num_bytes == 0
+    assert leases.num_expired == 1 and leases.num_released == 1
+    leases.put("c", k, v)
+    now[0] = 200.0
+    assert leases.expire() == 1 and leases.num_expired == 2
+
+
+@pytest.fixture
+def grpc_pair():
+    sender = make_sender("grpc", secret=SECRET, chunk_bytes=64 << 10)
+    receiver = make_receiver("grpc", secret=SECRET)
+    yield sender, receiver
+    receiver.close()
+    sender.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_grpc_pull_is_bit_exact_and_release_frees_the_lease(grpc_pair, dtype):
+    sender, receiver = grpc_pair
+    k, v = random_kv(dtype, layers=4, heads=3, tokens=700, head_dim=64)  # K is 8-17 chunks of 64 KiB
+    ticket = sender.publish("req-1", k, v)
+    assert ticket.layout == KVLayout.of(k) and ticket.address == sender.address
+    expected = KVLayout(4, 3, 64, KVLayout.of(k).dtype, 0)
+    k2, v2 = receiver.pull(ticket, expected)
+    assert torch.equal(k2.view(torch.uint8), k.view(torch.uint8)) and torch.equal(v2.view(torch.uint8), v.view(torch.uint8))
+    assert sender.num_leases == 1
+    assert receiver.release(ticket) is True and sender.num_leases == 0
+    assert receiver.release(ticket) is False
+
+
+def test_grpc_cache_larger_than_one_message(grpc_pair):
+    sender, receiver = grpc_pair
+    k, v = random_kv(torch.float32, layers=2, heads=4, tokens=4096, head_dim=128)  # 16 MiB per tensor
+    ticket = sender.publish("big", k, v)
+    assert ticket.layout.total_bytes > 4 << 20
+    k2, v2 = receiver.pull(ticket, KVLayout(2, 4, 128, "float32", 4096))
+    assert torch.equal(k2, k) and torch.equal(v2, v)
+
+
+def test_grpc_errors_have_precise_codes(grpc_pair):
+    sender, receiver = grpc_pair
+    k, v = random_kv()
+    ticket = sender.publish("req", k, v)
+    expected = KVLayout.of(k)
+
+    intruder = make_receiver("grpc", secret="wrong")
+    with pytest.raises(KVTransferError) as error:
+        intruder.pull(ticket, expected)
+    assert error.value.code == "UNAUTHENTICATED"
+    with pytest.raises(KVTransferError) as error:
+        intruder.release(ticket)
+    assert error.value.code == "UNAUTHENTICATED" and sender.num_leases == 1  # nothing was freed
+    intruder.close()
+
+    with pytest.raises(KVTransferError) as error:
+        receiver.pull(ticket, KVLayout(3, 2, 16, "bfloat16", 0))
+    assert error.value.code == "FAILED_PRECONDITION" and "dtype" in str(error.value)
+    with pytest.raises(KVTransferError) as error:
+        receiver.pull(ticket, KVLayout(5, 2, 16, "float32", 0))
+    assert error.value.code == "FAILED_PRECONDITION" and "num_layers=3, expected 5" in str(error.value)
+
+    from dataclasses import replace
+
+    with pytest.raises(KVTransferError) as error:
+        receiver.pull(replace(ticket, request_id="nobody"), expected)
+    assert error.value.code == "NOT_FOUND"
+    # The failed pulls touched nothing: the real lease still pulls fine.
+    k2, _ = receiver.pull(ticket, expected)
+    assert torch.equal(k2, k)
+
+
+def test_grpc_unclaimed_lease_expires():
+    sender = make_sender("grpc", secret=SECRET, lease_ttl_s=0.2, expiry_interval_s=0.05)
+    receiver = make_receiver("grpc", secret=SECRET)
+    try:
+        k, v = random_kv()
+        ticket = sender.publish("late", k, v)
+        import time
+
+        deadline = time.monotonic() + 5
+        while sender.num_leases and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.num_leases == 0 and sender.leases.num_expired == 1
+        with pytest.raises(KVTransferError) as error:
+            receiver.pull(ticket, KVLayout.of(k))
+        assert error.value.code == "NOT_FOUND"
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_sender_needs_a_secret_and_unknown_transport_is_named():
+    with pytest.raises(ValueError, match="shared secret"):
+        make_sender("grpc", secret="")
+    with pytest.raises(ValueError, match="transport 'carrier-pigeon' is not one of: grpc, inprocess"):
+        make_sender("carrier-pigeon")
+
+
+def test_inprocess_backend_round_trip():
+    sender, receiver = make_sender("inprocess"), make_receiver("inprocess")
+    k, v = random_kv()
+    ticket = sender.publish("x", k, v)
+    k2, v2 = receiver.pull(ticket, KVLayout.of(k))
+    assert torch.equal(k2, k) and receiver.release(ticket) and sender.num_leases == 0
+    sender.close()
