@@ -1,0 +1,208 @@
+"""The decode pool's engine: continuous batching of sequences whose KV was prefilled elsewhere. No Ray here;
+`services/decode` wraps it.
+
+A request is admitted only when a KV slot is free (the KV budget is `num_slots` slots of `max_seq_len` tokens); at
+most `max_waiting` more wait for one, beyond that RESOURCE_EXHAUSTED. Once admitted, its KV is pulled from the prefill
+replica, copied into the slot and the lease released. A single background loop then runs one forward per step for
+every active sequence: sequences join between steps and leave as soon as they finish or their caller goes away, and
+their slot is freed at that step boundary. All cache work runs on one model thread; KV pulls run on other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from overfill.engine.kv_cache import CacheSpec, KVCache
+from overfill.engine.runner import ModelRunner
+from overfill.engine.sampling import SamplingParams, sample
+from overfill.serving.types import PrefillResult, ServiceError, TokenChunk
+from overfill.transport.base import KVReceiver, KVTransferError
+from overfill.transport.wire import DTYPE_NAMES, KVLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    num_slots: int = 16          # sequences decoded together at most (the KV budget, in sequences)
+    max_seq_len: int = 2048      # tokens per slot: prompt + generated
+    max_waiting: int = 64        # admitted-to-wait requests beyond the slots; more get RESOURCE_EXHAUSTED
+    kv_pull_timeout_s: float = 30.0
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    slot: int
+    sampling: SamplingParams
+    generator: torch.Generator
+    last_token: int
+    num_generated: int           # tokens so far, the prefill's first one included
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+
+class DecodeWorker:
+    def __init__(self, runner: ModelRunner, receiver: KVReceiver, eos_token_ids: set[int], settings: DecodeSettings):
+        self.runner, self.receiver, self.eos_token_ids, self.settings = runner, receiver, set(eos_token_ids), settings
+        self.cache = KVCache(CacheSpec.for_geometry(runner.geometry, settings.num_slots, settings.max_seq_len,
+                                                    runner.dtype, runner.device))
+        self.layout = KVLayout(runner.geometry.num_layers, runner.geometry.num_kv_heads, runner.geometry.head_dim,
+                               DTYPE_NAMES[runner.dtype], 0)
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-model")
+        self._pull_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode-kv-pull")
+        self._active: list[_Sequence] = []
+        self._free_slots: asyncio.Semaphore | None = None  # counts free KV slots; admission waits on it
+        self._num_waiting = 0
+        self._task: asyncio.Task | None = None
+        self._work: asyncio.Event | None = None
+        self.num_finished = 0
+
+    # ---- public ------------------------------------------------------------------------------------------------
+
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
+        """Continue a prefilled request; yields token chunks, the last with its finish reason. Leaving early (the
+        caller cancelled) frees the slot."""
+        if prefill.ticket is None:
+            raise ServiceError("INVALID_ARGUMENT", f"request {prefill.request_id!r} finished at prefill: nothing to decode")
+        if prefill.prompt_tokens + sampling.max_new_tokens > self.settings.max_seq_len:
+            raise ServiceError("RESOURCE_EXHAUSTED", f"prompt ({prefill.prompt_tokens}) + max_tokens "
+                                                     f"({sampling.max_new_tokens}) exceeds {self.settings.max_seq_len}")
+        self._ensure_running()
+        slot = await self._admit(prefill.request_id)
+        sequence = None
+        try:
+            # 1) Pull the KV into the slot and release the lease.
+            start = time.perf_counter()
+            await self._pull_into(slot, prefill)
+            pulled_s = time.perf_counter() - start
+            # 2) Join the running batch.
+            generator = torch.Generator()
+            generator.set_state(torch.from_numpy(np.frombuffer(prefill.rng_state, dtype=np.uint8).copy()))
+            sequence = _Sequence(prefill.request_id, slot, sampling, generator, prefill.first_token, 1)
+            self._active.append(sequence)
+            self._work.set()
+            first = True
+            # 3) Stream what the loop produces.
+            while True:
+                chunk: TokenChunk | Exception = await sequence.out.get()
+                if isinstance(chunk, Exception):
+                    raise chunk
+                if first:
+                    chunk = TokenChunk(chunk.token_ids, chunk.finish_reason, kv_transfer_s=pulled_s)
+                    first = False
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            if sequence is not None:
+                sequence.cancelled = True  # the loop frees the slot at the step boundary
+                self._work.set()
+            else:
+                self._free_slot(slot)
+
+    def stats(self) -> dict:
+        used = self.cache.num_used_slots
+        return {
+            "num_running": len(self._active),
+            "num_waiting": self._num_waiting,
+            "num_free_slots": self.cache.num_free_slots,
+            "kv_cache_usage": used / self.settings.num_slots,
+            "num_finished": self.num_finished,
+        }
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._pull_threads.shutdown(wait=False, cancel_futures=True)
+
+    # ---- admission and KV ----------------------------------------------------------------------------------------
+
+    async def _admit(self, request_id: str) -> int:
+        if self.cache.num_free_slots == 0 and self._num_waiting >= self.settings.max_waiting:
+            raise ServiceError("RESOURCE_EXHAUSTED", f"decode replica is full ({self.settings.num_slots} running, "
+                                                     f"{self._num_waiting} waiting)")
+        self._num_waiting += 1
+        try:
+            await self._free_slots.acquire()
+        finally:
+            self._num_waiting -= 1
+        return self.cache.allocate(1)[0]
+
+    async def _pull_into(self, slot: int, prefill: PrefillResult) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            k, v = await loop.run_in_executor(self._pull_threads, self.receiver.pull, prefill.ticket, self.layout,
+                                              self.settings.kv_pull_timeout_s)
+        except KVTransferError as e:
+            code = "DEADLINE_EXCEEDED" if e.code == "DEADLINE_EXCEEDED" else "UNAVAILABLE"
+            raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed: {e}") from e
+        await loop.run_in_executor(self._model_thread, self.cache.import_slot, slot, k, v)
+        try:
+            await loop.run_in_executor(self._pull_threads, self.receiver.release, prefill.ticket)
+        except KVTransferError as e:  # the copy is safe; an unreleased lease expires on its own
+            log.warning("could not release KV lease of %s: %s", prefill.request_id, e)
+
+    def _free_slot(self, slot: int) -> None:
+        """On the event loop, when no step is using the slot (between steps, or before the sequence joined)."""
+        self.cache.free([slot])
+        self._free_slots.release()
+
+    # ---- the step loop -----------------------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._work = asyncio.Event()
+            self._free_slots = asyncio.Semaphore(self.cache.num_free_slots)
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="decode-steps")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_finished()
+            if not self._active:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            batch = list(self._active)
+            try:
+                tokens = await loop.run_in_executor(self._model_thread, self._step, batch)
+            except Exception as e:  # a failed step fails its sequences, never the worker
+                log.exception("decode step of %d sequences failed", len(batch))
+                for sequence in batch:
+                    sequence.out.put_nowait(ServiceError("INTERNAL", f"decode step failed: {e}"))
+                    sequence.cancelled = True
+                continue
+            for sequence, token in zip(batch, tokens):
+                if sequence.cancelled:
+                    continue
+                sequence.num_generated += 1
+                sequence.last_token = token
+                finish = ("stop" if token in self.eos_token_ids
+                          else "length" if sequence.num_generated >= sequence.sampling.max_new_tokens else None)
+                sequence.out.put_nowait(TokenChunk([token], finish))
+                if finish is not None:
+                    sequence.cancelled = True
+                    self.num_finished += 1
+            self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        """Sequences leave between steps: finished or abandoned ones give their slot back."""
+        for sequence in [s for s in self._active if s.cancelled]:
+            self._active.remove(sequence)
+            self._free_slot(sequence.slot)
+
+    def _step(self, batch: list[_Sequence]) -> list[int]:
+        """On the model thread: one forward for every active sequence, one token each."""
+        input_ids = torch.tensor([[s.last_token] for s in batch], device=self.runner.device)  # [B, 1]
+        logits = self.runner.forward(self.cache, [s.slot for s in batch], input_ids)  # [B, V]
+        return sample(logits, [s.sampling for s in batch], [s.generator for s in batch])

@@ -1,0 +1,46 @@
+"""What travels between the router, the prefill pool and the decode pool (small objects only: never KV bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overfill.engine.sampling import SamplingParams
+from overfill.transport.base import KVTicket
+
+
+class ServiceError(Exception):
+    """An error with the gRPC status the client must see (DESIGN §6); `code` is the status name."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PrefillRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """The prefill ticket: where the KV waits, the first token, and the sampler's state to continue from."""
+
+    request_id: str
+    ticket: KVTicket | None   # None when the request already finished at its first token (no KV is kept)
+    first_token: int
+    prompt_tokens: int
+    finish_reason: str | None  # "stop"/"length" if the first token ended the request
+    rng_state: bytes           # the request's sampling generator after the first token
+    prefill_s: float           # time spent queued + prefilling in the prefill replica
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Tokens decoded since the previous chunk; the last chunk of a request has `finish_reason`."""
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+    kv_transfer_s: float | None = None  # on the first chunk: how long the KV pull took
