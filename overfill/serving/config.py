@@ -1,0 +1,173 @@
+"""The service configuration: one YAML file mapped one to one onto these dataclasses, validated with errors that
+name the field, and overridable from the command line (`--set prefill.num_replicas=2`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the field."""
+
+
+@dataclass
+class ModelsConfig:
+    full: str = "smollm2-135m"            # a Hugging Face directory or the alias smollm2-135m
+    decoder: str = "default"              # a decoder directory, or `default` (the embedded model's)
+    dtype: str = "auto"                   # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    device: str = "cpu"                   # cpu or cuda
+
+
+@dataclass
+class PrefillPoolConfig:
+    num_replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_batch_tokens: int = 4096          # prompt tokens per prefill batch
+    max_batch_size: int = 8               # prompts per prefill batch
+    max_queued_requests: int = 256        # beyond this: RESOURCE_EXHAUSTED
+
+
+@dataclass
+class DecodePoolConfig:
+    num_replicas: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
+    max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
+
+
+@dataclass
+class KVConfig:
+    transport: str = "grpc"               # grpc (inprocess exists for tests only)
+    lease_ttl_s: float = 30.0             # an unclaimed prefill KV is freed after this
+    bind_host: str = "127.0.0.1"          # cluster-internal address the KV service listens on
+    secret: str = ""                      # shared secret; empty: $OVERFILL_KV_SECRET, else a random one per start
+    chunk_bytes: int = 2 << 20
+
+
+@dataclass
+class ServerConfig:
+    grpc_port: int = 9000
+    app_name: str = "overfill"
+    route_prefix: str = "/overfill"
+    max_context_tokens: int = 2048        # prompt + generated tokens per request
+    max_tokens_limit: int = 1024          # the largest max_tokens accepted
+    default_max_tokens: int = 128
+    num_cpus: float = 0.5                 # for the router (ingress) replica
+    num_replicas: int = 1
+
+
+@dataclass
+class ServiceConfig:
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    prefill: PrefillPoolConfig = field(default_factory=PrefillPoolConfig)
+    decode: DecodePoolConfig = field(default_factory=DecodePoolConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def validate(self) -> ServiceConfig:
+        checks = [
+            ("models.dtype", self.models.dtype in ("auto", "float32", "bfloat16", "float16"),
+             "one of auto, float32, bfloat16, float16"),
+            ("models.device", self.models.device == "cpu" or self.models.device.startswith("cuda"), "cpu or cuda[:N]"),
+            ("kv.transport", self.kv.transport in ("grpc", "inprocess"), "one of grpc, inprocess"),
+            ("kv.lease_ttl_s", self.kv.lease_ttl_s > 0, "> 0"),
+            ("kv.chunk_bytes", 0 < self.kv.chunk_bytes <= 2 << 20, "in (0, 2097152]"),
+            ("server.grpc_port", 0 < self.server.grpc_port < 65536, "in [1, 65535]"),
+            ("server.max_context_tokens", self.server.max_context_tokens >= 2, ">= 2"),
+            ("server.max_tokens_limit", 1 <= self.server.max_tokens_limit < self.server.max_context_tokens,
+             f"in [1, server.max_context_tokens - 1 = {self.server.max_context_tokens - 1}]"),
+            ("server.default_max_tokens", 1 <= self.server.default_max_tokens <= self.server.max_tokens_limit,
+             "in [1, server.max_tokens_limit]"),
+            ("prefill.max_batch_tokens", self.prefill.max_batch_tokens >= 1, ">= 1"),
+            ("prefill.max_batch_size", self.prefill.max_batch_size >= 1, ">= 1"),
+            ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),
+            ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),
+            ("decode.max_waiting", self.decode.max_waiting >= 0, ">= 0"),
+        ]
+        for pool in ("prefill", "decode", "server"):
+            checks.append((f"{pool}.num_replicas", getattr(self, pool).num_replicas >= 1, ">= 1"))
+            checks.append((f"{pool}.num_cpus", getattr(self, pool).num_cpus >= 0, ">= 0"))
+        for pool in ("prefill", "decode"):
+            checks.append((f"{pool}.num_gpus", getattr(self, pool).num_gpus >= 0, ">= 0"))
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{name} = {_get(self, name)!r} is invalid: must be {allowed}")
+        return self
+
+    def with_secret(self) -> ServiceConfig:
+        """The KV secret resolved: the configured one, else $OVERFILL_KV_SECRET, else a fresh random one."""
+        secret = self.kv.secret or os.environ.get("OVERFILL_KV_SECRET") or secrets.token_hex(16)
+        return dataclasses.replace(self, kv=dataclasses.replace(self.kv, secret=secret))
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ServiceConfig:
+    """YAML file (or the defaults) plus `section.field=value` overrides -> a validated ServiceConfig."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {override!r} is not of the form section.field=value")
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section} must be a mapping")
+        data[section][name] = yaml.safe_load(value)
+    return _build(ServiceConfig, data, "").validate()
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown field {prefix}{unknown[0]}; allowed: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value or {}, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, kind, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value, kind, name: str):
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    for target in allowed:
+        if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if target is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if target is str and isinstance(value, str):
+            return value
+        if target is bool and isinstance(value, bool):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{name} must be {names}, got {value!r}")

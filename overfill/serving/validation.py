@@ -1,0 +1,126 @@
+"""Checking a public GenerateRequest and turning it into token ids and sampling parameters (the router's first job).
+
+Every refusal is a ServiceError whose message names the field: INVALID_ARGUMENT for a bad value,
+RESOURCE_EXHAUSTED when the prompt plus max_tokens does not fit the context.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass
+
+from overfill.engine.sampling import SamplingParams
+from overfill.prompts import has_chat_template, render_chat
+from overfill.serving.types import ServiceError
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_LENGTH = 256
+MAX_TEMPERATURE = 10.0
+MAX_PROMPT_CHARS = 1 << 20
+ROLES = ("system", "user", "assistant")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_context_tokens: int
+    max_tokens_limit: int
+    default_max_tokens: int
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    stop: list[str]
+
+
+def _invalid(message: str) -> ServiceError:
+    return ServiceError("INVALID_ARGUMENT", message)
+
+
+def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
+    """request: an overfill.v1.GenerateRequest."""
+    # 1) Identity.
+    request_id = request.request_id or uuid.uuid4().hex
+    if not REQUEST_ID.fullmatch(request_id):
+        raise _invalid("request_id must be 1-128 characters of letters, digits and . _ : -")
+
+    # 2) Sampling.
+    max_tokens = request.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens_limit:
+        raise _invalid(f"max_tokens must be in [1, {limits.max_tokens_limit}], got {max_tokens}")
+    temperature = request.temperature if request.HasField("temperature") else 0.0
+    if not math.isfinite(temperature) or not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise _invalid(f"temperature must be a finite number in [0, {MAX_TEMPERATURE:g}], got {temperature}")
+    top_p = request.top_p if request.HasField("top_p") else 1.0
+    if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
+        raise _invalid(f"top_p must be in (0, 1], got {top_p}")
+    seed = request.seed if request.HasField("seed") else None
+    stop = list(request.stop)
+    if len(stop) > MAX_STOP_STRINGS:
+        raise _invalid(f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+    for index, text in enumerate(stop):
+        if not 1 <= len(text) <= MAX_STOP_LENGTH:
+            raise _invalid(f"stop[{index}] must be 1-{MAX_STOP_LENGTH} characters, got {len(text)}")
+
+    # 3) The prompt, tokenized once.
+    which = request.WhichOneof("input")
+    if which == "prompt":
+        if not request.prompt.strip():
+            raise _invalid("prompt is empty")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            raise _invalid(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        prompt_ids = tokenizer(request.prompt)["input_ids"]
+    elif which == "chat":
+        messages = request.chat.messages
+        if not messages:
+            raise _invalid("chat.messages is empty")
+        for index, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise _invalid(f"chat.messages[{index}].role must be one of {', '.join(ROLES)}, got {message.role!r}")
+            if len(message.content) > MAX_PROMPT_CHARS:
+                raise _invalid(f"chat.messages[{index}].content is longer than {MAX_PROMPT_CHARS} characters")
+        if not has_chat_template(tokenizer):
+            raise _invalid("chat is not available: the model has no chat template (send prompt instead)")
+        text = render_chat(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        raise _invalid("one of prompt or chat must be set")
+    if not prompt_ids:
+        raise _invalid("prompt encodes to no tokens")
+    if len(prompt_ids) + max_tokens > limits.max_context_tokens:
+        raise ServiceError("RESOURCE_EXHAUSTED", f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) "
+                                                 f"exceeds the context of {limits.max_context_tokens} tokens")
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_tokens)
+    return ValidRequest(request_id, prompt_ids, sampling, stop)
+
+
+class StopStringMatcher:
+    """Streams text while holding back what could be the start of a stop string; reports the first stop found."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """New text -> (text safe to emit now, whether a stop string was reached)."""
+        self.pending += text
+        if not self.stop:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[:min(hits)], ""
+            return out, True
+        cut = max(0, len(self.pending) - self.hold)
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
