@@ -27,3 +27,10 @@ class IncrementalDetokenizer:
             self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
             return full_text[len(prefix_text):]
         return ""
+
+    def flush(self) -> str:
+        """At the end of a stream: whatever is still held back (an incomplete character comes out as U+FFFD)."""
+        prefix_text = self._decode(self.token_ids[self.prefix_offset:self.read_offset])
+        full_text = self._decode(self.token_ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.token_ids)
+        return full_text[len(prefix_text):]

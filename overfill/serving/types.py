@@ -12,9 +12,12 @@ class ServiceError(Exception):
     """An error with the gRPC status the client must see (DESIGN §6); `code` is the status name."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
+        super().__init__(code, message)  # both in args, so the error survives pickling between processes
         self.code = code
         self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""Python client for the OverFill Serve gRPC API (`overfill.v1.Generation`), sync and asyncio, streaming.
+
+    with OverFillClient("127.0.0.1:9000") as client:
+        for piece in client.generate("What is the capital of France?", max_tokens=32):
+            print(piece.text, end="", flush=True)
+
+Errors arrive as `OverFillError` with the gRPC status name (`code`) and the service's message (which names the
+field at fault for INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+
+from overfill.v1 import generation_pb2 as pb
+from overfill.v1 import generation_pb2_grpc as pb_grpc
+
+
+class OverFillError(RuntimeError):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+    @classmethod
+    def of(cls, error: grpc.RpcError) -> OverFillError:
+        return cls(error.code().name, error.details() or "")
+
+
+def make_request(prompt: str | None = None, messages: list[dict] | None = None, max_tokens: int = 0,
+                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: list[str] = (), request_id: str = "") -> pb.GenerateRequest:
+    """Exactly one of `prompt` (raw text) or `messages` (chat, [{"role", "content"}, ...])."""
+    request = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), request_id=request_id)
+    if prompt is not None:
+        request.prompt = prompt
+    if messages is not None:
+        request.chat.CopyFrom(pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in messages]))
+    if temperature is not None:
+        request.temperature = temperature
+    if top_p is not None:
+        request.top_p = top_p
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+class OverFillClient:
+    def __init__(self, address: str = "127.0.0.1:9000", timeout_s: float | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.GenerationStub(self.channel)
+        self.timeout_s, self.metadata = timeout_s, metadata
+
+    def generate(self, prompt: str | None = None, **kwargs) -> Iterator[pb.GenerateResponse]:
+        """Stream responses; the last has finish_reason and usage. Closing the iterator cancels the request."""
+        call = self.stub.Generate(make_request(prompt, **kwargs), timeout=self.timeout_s, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+        finally:
+            call.cancel()
+
+    def generate_unary(self, prompt: str | None = None, **kwargs) -> pb.GenerateUnaryResponse:
+        try:
+            return self.stub.GenerateUnary(make_request(prompt, **kwargs), timeout=self.timeout_s,
+                                           metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+
+    def health(self) -> str:
+        try:
+            return self.stub.Health(pb.HealthRequest(), timeout=10, metadata=self.metadata).status
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+
+    def model_info(self) -> pb.ModelInfoResponse:
+        try:
+            return self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=10, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> OverFillClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncOverFillClient:
+    def __init__(self, address: str = "127.0.0.1:9000", timeout_s: float | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()):
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.GenerationStub(self.channel)
+        self.timeout_s, self.metadata = timeout_s, metadata
+
+    async def generate(self, prompt: str | None = None, **kwargs) -> AsyncIterator[pb.GenerateResponse]:
+        call = self.stub.Generate(make_request(prompt, **kwargs), timeout=self.timeout_s, metadata=self.metadata)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+        finally:
+            call.cancel()
+
+    async def generate_unary(self, prompt: str | None = None, **kwargs) -> pb.GenerateUnaryResponse:
+        try:
+            return await self.stub.GenerateUnary(make_request(prompt, **kwargs), timeout=self.timeout_s,
+                                                 metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise OverFillError.of(e) from e
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncOverFillClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,121 @@
+"""Build and run the service: `build_app(config)` is the one path for the CLI, the tests and deploy files.
+
+    client --gRPC--> router (ingress) --> prefill pool (full model) --KV over gRPC--> decode pool (decoder)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig, gRPCOptions
+
+from overfill.serving.config import ServiceConfig
+from services.decode.server import DecodeServer
+from services.prefill.server import PrefillServer
+from services.router.request_router import LeastQueuedTokensRouter, MostFreeKVRouter
+from services.router.server import GenerationRouter
+
+log = logging.getLogger(__name__)
+
+SERVICER_FUNCTIONS = ["overfill.v1.generation_pb2_grpc.add_GenerationServicer_to_server"]
+ROUTING_STATS_PERIOD_S = 0.5
+
+
+def build_app(config: ServiceConfig):
+    """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already."""
+    if not config.kv.secret:
+        raise ValueError("kv.secret must be resolved before building the app (ServiceConfig.with_secret())")
+    prefill = serve.deployment(PrefillServer).options(
+        name="prefill", num_replicas=config.prefill.num_replicas,
+        ray_actor_options={"num_cpus": config.prefill.num_cpus, "num_gpus": config.prefill.num_gpus},
+        max_ongoing_requests=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8,
+        request_router_config=RequestRouterConfig(request_router_class=LeastQueuedTokensRouter,
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
+    )
+    decode = serve.deployment(DecodeServer).options(
+        name="decode", num_replicas=config.decode.num_replicas,
+        ray_actor_options={"num_cpus": config.decode.num_cpus, "num_gpus": config.decode.num_gpus},
+        max_ongoing_requests=config.decode.num_slots + config.decode.max_waiting + 8,
+        request_router_config=RequestRouterConfig(request_router_class=MostFreeKVRouter,
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
+    )
+    router = serve.deployment(GenerationRouter).options(
+        name="router", num_replicas=config.server.num_replicas,
+        ray_actor_options={"num_cpus": config.server.num_cpus}, max_ongoing_requests=2048,
+    )
+    return router.bind(config, prefill.bind(config), decode.bind(config))
+
+
+def prepare_models(config: ServiceConfig) -> None:
+    """Convert the embedded model and build the default decoder once, in the driver, before replicas start."""
+    from overfill.default_decoder import resolve_decoder
+    from overfill.model_loading import resolve_model
+
+    resolve_model(config.models.full)
+    resolve_decoder(config.models.decoder, config.models.full)
+
+
+def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None) -> ServiceConfig:
+    """Start Ray (local) and Serve with the gRPC proxy, deploy the app and wait until it serves. Returns the config
+    with its resolved secret."""
+    import ray
+
+    config = config.with_secret()
+    prepare_models(config)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, **(ray_init_kwargs or {}))
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": config.server.http_port},
+        grpc_options=gRPCOptions(port=config.server.grpc_port, grpc_servicer_functions=SERVICER_FUNCTIONS),
+    )
+    serve.run(build_app(config), name=config.server.app_name, route_prefix=config.server.route_prefix,
+              blocking=False)
+    wait_until_serving(f"127.0.0.1:{config.server.grpc_port}")
+    return config
+
+
+def wait_until_serving(address: str, timeout_s: float = 300.0) -> None:
+    from overfill.client import OverFillClient
+
+    deadline = time.monotonic() + timeout_s
+    with OverFillClient(address) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.health() == "SERVING":
+                    return
+            except Exception:  # noqa: BLE001  proxy or app not up yet
+                pass
+            time.sleep(0.5)
+    raise TimeoutError(f"the service at {address} did not become healthy within {timeout_s:.0f} s")
+
+
+def stop_service() -> None:
+    import ray
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def serve_forever(config: ServiceConfig) -> None:
+    """`overfill serve`: start, print how to call it, and shut everything down on SIGINT/SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    started = time.perf_counter()
+    try:
+        start_service(config)
+        address = f"127.0.0.1:{config.server.grpc_port}"
+        print(f"OverFill Serve ready on {address} (gRPC, overfill.v1.Generation) after "
+              f"{time.perf_counter() - started:.0f} s: full {config.models.full}, decoder {config.models.decoder}, "
+              f"{config.prefill.num_replicas} prefill + {config.decode.num_replicas} decode replica(s)", flush=True)
+        print(f"try:  .venv/bin/overfill client --address {address} \"What is the capital of France?\"", flush=True)
+        print("stop: Ctrl-C", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("shutting down ...", flush=True)
+        stop_service()

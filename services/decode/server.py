@@ -1,0 +1,49 @@
+"""Decode pool replica (Ray Serve deployment): the pruned decoder and continuous batching on pulled KV.
+
+Thin adapter over `overfill.serving.decode_worker.DecodeWorker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from overfill.decoder_checkpoint import load_decoder
+from overfill.default_decoder import resolve_decoder
+from overfill.engine.runner import ModelRunner
+from overfill.prompts import eos_token_ids
+from overfill.serving.config import ServiceConfig
+from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
+from overfill.serving.types import PrefillResult, TokenChunk
+from overfill.engine.sampling import SamplingParams
+from overfill.transport.base import make_receiver
+
+
+class DecodeServer:
+    def __init__(self, config: ServiceConfig):
+        from transformers import AutoTokenizer
+
+        decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
+        decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
+        tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret)
+        self.worker = DecodeWorker(
+            ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
+            DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
+                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.lease_ttl_s),
+        )
+
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
+        """Called by the router as a stream; cancelling it frees the sequence's KV slot."""
+        async for chunk in self.worker.generate(prefill, sampling):
+            yield chunk
+
+    async def stats(self) -> dict:
+        return self.worker.stats()
+
+    def record_routing_stats(self) -> dict:
+        """Read by the decode request router: the most free KV among replicas that can admit wins."""
+        return self.worker.stats()
+
+    def __del__(self):
+        self.worker.close()
+        self.receiver.close()

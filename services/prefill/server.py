@@ -1,0 +1,53 @@
+"""Prefill pool replica (Ray Serve deployment): the full model, prompt batching, first token, KV leases.
+
+Thin adapter: the work is `overfill.serving.prefill_worker.PrefillWorker`; the KV service (where decode replicas pull
+leased KV) runs inside this replica on the cluster-internal address from the config.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from overfill.engine.runner import ModelRunner
+from overfill.model_loading import load_model
+from overfill.prompts import eos_token_ids
+from overfill.serving.config import ServiceConfig
+from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
+from overfill.serving.types import PrefillRequest, PrefillResult
+from overfill.transport.base import make_sender
+
+log = logging.getLogger(__name__)
+
+
+class PrefillServer:
+    def __init__(self, config: ServiceConfig):
+        full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
+        self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{config.kv.bind_host}:0",
+                                  lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes)
+        self.worker = PrefillWorker(
+            ModelRunner(full.model), self.sender, eos_token_ids(full.model.config, full.model.generation_config,
+                                                                full.tokenizer),
+            PrefillSettings(max_seq_len=config.server.max_context_tokens,
+                            max_batch_tokens=config.prefill.max_batch_tokens,
+                            max_batch_size=config.prefill.max_batch_size,
+                            max_queued_requests=config.prefill.max_queued_requests),
+        )
+
+    async def prefill(self, request: PrefillRequest) -> PrefillResult:
+        """Called by the router; returns the ticket (never KV bytes)."""
+        return await self.worker.prefill(request)
+
+    async def release(self, request_id: str) -> bool:
+        """Called by the router when a request ends before decode pulled its KV."""
+        return self.sender.release(request_id)
+
+    async def stats(self) -> dict:
+        return {**self.worker.stats(), "leases_expired": getattr(getattr(self.sender, "leases", None), "num_expired", 0)}
+
+    def record_routing_stats(self) -> dict:
+        """Read by the prefill request router: the least queued prompt tokens wins."""
+        return self.worker.stats()
+
+    def __del__(self):
+        self.worker.close()
+        self.sender.close()

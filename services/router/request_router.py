@@ -1,0 +1,34 @@
+"""DistServe-style routing (DESIGN §5) as Ray Serve request routers, fed by each replica's `record_routing_stats`.
+
+`choose_replicas` returns ranks (most preferred first); Ray Serve then sends to the least busy replica of the best
+rank that accepts. Replicas that have not reported stats yet rank last but are still usable.
+"""
+
+from __future__ import annotations
+
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+UNKNOWN = float("inf")
+
+
+class LeastQueuedTokensRouter(RequestRouter):
+    """Prefill: the replica with the fewest queued prompt tokens."""
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        ranked = sorted(candidate_replicas,
+                        key=lambda r: (r.routing_stats or {}).get("queued_prompt_tokens", UNKNOWN))
+        return [[replica] for replica in ranked]
+
+
+class MostFreeKVRouter(RequestRouter):
+    """Decode: among replicas with a free KV slot, the one with the most; then those with the shortest wait."""
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        def key(replica: RunningReplica) -> tuple:
+            stats = replica.routing_stats or {}
+            free = stats.get("num_free_slots", 0)
+            return (0 if free > 0 else 1, -free, stats.get("num_waiting", UNKNOWN))
+
+        return [[replica] for replica in sorted(candidate_replicas, key=key)]

@@ -1,0 +1,162 @@
+"""The service end to end on a local Ray cluster with tiny models: gRPC API, routing, KV pulled over gRPC,
+cancellation, lease expiry and error statuses. One cluster for the module."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from overfill.build_decoder import PruneSpec, build_decoder
+from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from overfill.engine.loader import load_engine
+from overfill.engine.sampling import SamplingParams
+from overfill.serving.config import load_config
+from tests.tiny import CORPUS, save_tiny
+
+pytestmark = pytest.mark.service
+LEASE_TTL_S = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from ray import serve
+
+    from services.app import start_service, stop_service
+
+    root = tmp_path_factory.mktemp("service")
+    full_dir = save_tiny(root / "full", arch="llama")
+    calibration = root / "cal.jsonl"
+    calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    build_decoder(PruneSpec(str(full_dir), 48, 64, output=root / "decoder", calibration=calibration), progress=False)
+    port = free_port()
+    config = load_config(None, [
+        f"models.full={full_dir}", f"models.decoder={root / 'decoder'}", f"server.grpc_port={port}",
+        f"server.http_port={free_port()}", "server.max_context_tokens=256", "server.max_tokens_limit=64",
+        "server.default_max_tokens=16", f"kv.lease_ttl_s={LEASE_TTL_S}", "decode.num_slots=4", "decode.max_waiting=16",
+        "prefill.num_cpus=0.25", "decode.num_cpus=0.25", "server.num_cpus=0.25",
+    ])
+    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
+    handles = {name: serve.get_deployment_handle(name, config.server.app_name) for name in ("prefill", "decode")}
+    engine = load_engine(str(full_dir), str(root / "decoder"), ["overfill"])
+    yield {"address": f"127.0.0.1:{port}", "config": config, "handles": handles, "engine": engine}
+    stop_service()
+
+
+def stats(service, pool):
+    return service["handles"][pool].stats.remote().result()
+
+
+def wait_for(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def assert_no_kv_left(service):
+    assert wait_for(lambda: stats(service, "prefill")["num_leases"] == 0), stats(service, "prefill")
+    assert wait_for(lambda: stats(service, "decode")["num_free_slots"] == 4), stats(service, "decode")
+
+
+def in_process(service, prompt: str, max_tokens: int) -> list[int]:
+    loaded = service["engine"]
+    ids = loaded.tokenizer(prompt)["input_ids"]
+    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids
+
+
+def test_greedy_through_the_service_equals_in_process(service):
+    with OverFillClient(service["address"]) as client:
+        for prompt in ["What is the capital of France?", "one two three"]:
+            pieces = list(client.generate(prompt, max_tokens=20))
+            token_ids = [t for p in pieces for t in p.token_ids]
+            assert token_ids == in_process(service, prompt, 20)
+            last = pieces[-1]
+            assert last.finish_reason in ("stop", "length") and all(not p.finish_reason for p in pieces[:-1])
+            assert last.usage.completion_tokens == len(token_ids) and last.usage.prompt_tokens > 0
+            assert 0 < last.usage.ttft_s <= last.usage.e2e_s
+            text = "".join(p.text for p in pieces)
+            assert text == service["engine"].tokenizer.decode(token_ids, skip_special_tokens=True)
+        unary = client.generate_unary("one two three", max_tokens=20)
+        assert list(unary.token_ids) == in_process(service, "one two three", 20)
+    assert_no_kv_left(service)
+
+
+def test_eight_concurrent_streams_complete_correctly(service):
+    import asyncio
+
+    prompts = [f"{word} is a word" for word in ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel"]]
+
+    async def run():
+        async with AsyncOverFillClient(service["address"]) as client:
+            async def one(prompt):
+                return [t async for piece in client.generate(prompt, max_tokens=24) for t in piece.token_ids]
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    outputs = asyncio.run(run())
+    assert outputs == [in_process(service, p, 24) for p in prompts]
+    assert_no_kv_left(service)
+
+
+def test_cancelled_stream_frees_kv_on_both_sides(service):
+    with OverFillClient(service["address"]) as client:
+        stream = client.generate("count with me: one two three", max_tokens=64, temperature=1.0, seed=1)
+        next(stream)
+        next(stream)
+        stream.close()  # the client goes away mid-stream
+    assert_no_kv_left(service)
+
+
+def test_stop_strings_end_the_request_and_free_its_kv(service):
+    reference = service["engine"].tokenizer.decode(in_process(service, "one two three", 30), skip_special_tokens=True)
+    stop = reference[len(reference) // 2: len(reference) // 2 + 2]
+    with OverFillClient(service["address"]) as client:
+        pieces = list(client.generate("one two three", max_tokens=30, stop=[stop]))
+    text = "".join(p.text for p in pieces)
+    assert pieces[-1].finish_reason == "stop" and text == reference[:reference.find(stop)]
+    assert_no_kv_left(service)
+
+
+def test_unclaimed_lease_expires_and_frees_kv(service):
+    from overfill.serving.types import PrefillRequest
+
+    expired_before = stats(service, "prefill")["leases_expired"]
+    ticket = service["handles"]["prefill"].prefill.remote(
+        PrefillRequest("orphan-1", [5, 6, 7, 8], SamplingParams(max_new_tokens=8))).result()
+    assert ticket.ticket is not None and stats(service, "prefill")["num_leases"] == 1
+    assert wait_for(lambda: stats(service, "prefill")["num_leases"] == 0, timeout_s=LEASE_TTL_S + 5)
+    assert stats(service, "prefill")["leases_expired"] == expired_before + 1
+
+
+@pytest.mark.parametrize("kwargs, code, field", [
+    (dict(prompt=""), "INVALID_ARGUMENT", "prompt is empty"),
+    (dict(prompt="hi", max_tokens=65), "INVALID_ARGUMENT", "max_tokens"),
+    (dict(prompt="hi", temperature=-1.0), "INVALID_ARGUMENT", "temperature"),
+    (dict(prompt="hi", top_p=1.5), "INVALID_ARGUMENT", "top_p"),
+    (dict(messages=[{"role": "wizard", "content": "hi"}]), "INVALID_ARGUMENT", "chat.messages[0].role"),
+    (dict(prompt="word " * 250, max_tokens=64), "RESOURCE_EXHAUSTED", "exceeds the context"),
+])
+def test_bad_input_gets_its_status_and_the_service_keeps_serving(service, kwargs, code, field):
+    with OverFillClient(service["address"]) as client:
+        with pytest.raises(OverFillError) as error:
+            list(client.generate(**kwargs))
+        assert error.value.code == code and field in error.value.message
+        assert len(client.generate_unary("still alive?", max_tokens=3).token_ids) >= 1
+
+
+def test_health_and_model_info(service):
+    with OverFillClient(service["address"]) as client:
+        assert client.health() == "SERVING"
+        info = client.model_info()
+    assert info.full_hidden_size == 64 and info.decoder_hidden_size == 48
+    assert info.geometry.num_layers == 3 and info.geometry.num_kv_heads == 2 and info.max_tokens_limit == 64
