@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test decoder proto clean
+.PHONY: install serve test decoder proto clean
 
 # Build the virtual environment once; redo it when the dependencies change.
 $(STAMP): pyproject.toml
@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Start the service locally on the embedded model (gRPC on 127.0.0.1:9000); Ctrl-C stops it.
+serve: decoder
+	$(VENV)/bin/overfill serve --config deploy/local.yaml
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill).
 decoder: $(STAMP)
-	$(VENV)/bin/overfill decoder build-default
+	$(VENV)/bin/overfill decoder default
 
 # Regenerate the committed gRPC stubs (overfill/v1/) after editing proto/; a test checks they match.
 proto: $(STAMP)

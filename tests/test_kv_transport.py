@@ -182,3 +182,21 @@ def test_inprocess_backend_round_trip():
     k2, v2 = receiver.pull(ticket, KVLayout.of(k))
     assert torch.equal(k2, k) and receiver.release(ticket) and sender.num_leases == 0
     sender.close()
+
+
+@pytest.mark.parametrize("kind, offset, size", [(KEY, 0, 1), (1, 123456789, 3000), (KEY, 2**40, 0), (1, 7, 2 << 20)])
+def test_hand_encoded_chunks_are_protobuf_kv_messages(kind, offset, size):
+    from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
+    from overfill.v1 import kv_transfer_pb2 as pb
+
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    raw = encode_chunk_message(Chunk(kind, offset, memoryview(data)))
+    parsed = pb.KVMessage.FromString(raw)  # what any protobuf peer sees
+    assert parsed.WhichOneof("payload") == "chunk"
+    assert (parsed.chunk.kind, parsed.chunk.offset, parsed.chunk.data) == (kind, offset, data)
+    official = pb.KVMessage(chunk=pb.KVChunk(kind=kind, offset=offset, data=data)).SerializeToString()
+    decoded = decode_chunk_message(official)  # and what protobuf makes, we read
+    assert (decoded.kind, decoded.offset, bytes(decoded.data)) == (kind, offset, data)
+    assert not is_header_message(raw) and is_header_message(pb.KVMessage(header=pb.KVHeader()).SerializeToString())
+    with pytest.raises(ValueError):
+        decode_chunk_message(raw[:-1] if size else raw + b"\x00")

@@ -160,3 +160,14 @@ def test_health_and_model_info(service):
         info = client.model_info()
     assert info.full_hidden_size == 64 and info.decoder_hidden_size == 48
     assert info.geometry.num_layers == 3 and info.geometry.num_kv_heads == 2 and info.max_tokens_limit == 64
+
+
+def test_cli_client_streams_and_reports_errors(service, capsys):
+    from overfill.cli.main import main
+
+    assert main(["client", "--address", service["address"], "--raw", "--max-tokens", "6", "--json", "one two"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines[-1]["finish_reason"] in ("stop", "length") and "usage" in lines[-1]
+    assert [t for line in lines for t in line.get("token_ids", [])] == in_process(service, "one two", 6)
+    assert main(["client", "--address", service["address"], "--raw", "--max-tokens", "999", "hi"]) == 1
+    assert "INVALID_ARGUMENT: max_tokens" in capsys.readouterr().err

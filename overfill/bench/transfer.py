@@ -1,12 +1,14 @@
 """`overfill bench transfer`: KV pull throughput and latency per transport vs a local copy of the same bytes.
 
-For each size, a random KV of the given geometry is leased on a sender and pulled (and released) by a receiver in the
-same process, over loopback for `grpc`. The reference is `torch.clone` of the same tensors: what moving the bytes
-costs with no transport at all.
+For each size, a random KV of the given geometry is leased by a sender in a separate process (as a prefill replica
+would) and pulled and released by a receiver in this one (as a decode replica would), over loopback for `grpc`. The
+reference is `torch.clone` of the same tensors: what moving the bytes costs with no transport at all. The
+`inprocess` transport keeps both roles in this process.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
 import uuid
@@ -31,21 +33,55 @@ class TransferBenchSpec:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
 
+def _num_tokens(spec: TransferBenchSpec, size_mb: float) -> int:
+    per_token = KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype, 1).total_bytes
+    return max(1, round(size_mb * 1e6 / per_token))
+
+
+def _random_kv(spec: TransferBenchSpec, num_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (spec.num_layers, spec.num_kv_heads, num_tokens, spec.head_dim)
+    return tuple(torch.randn(shape, generator=generator).to(DTYPES[spec.dtype]) for _ in range(2))
+
+
+def _sender_process(spec: TransferBenchSpec, secret: str, connection) -> None:
+    """Child process: lease one KV per (size, repeat), send back the tickets, serve until told to stop."""
+    sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
+    tickets = {}
+    for index, size_mb in enumerate(spec.sizes_mb):
+        k, v = _random_kv(spec, _num_tokens(spec, size_mb), seed=index)
+        for repeat in range(spec.repeats + 1):
+            tickets[(index, repeat)] = sender.publish(f"bench-{index}-{repeat}", k.clone(), v.clone())
+    connection.send(tickets)
+    connection.recv()  # stop
+    sender.close()
+
+
 def run_transfer_bench(spec: TransferBenchSpec, progress: bool = True) -> dict:
     secret = uuid.uuid4().hex
-    sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
     receiver = make_receiver(spec.transport, secret=secret)
+    if spec.transport == "inprocess":
+        parent = child = process = None
+        local_sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
+        tickets = {}
+        for index, size_mb in enumerate(spec.sizes_mb):
+            k, v = _random_kv(spec, _num_tokens(spec, size_mb), seed=index)
+            for repeat in range(spec.repeats + 1):
+                tickets[(index, repeat)] = local_sender.publish(f"bench-{index}-{repeat}", k.clone(), v.clone())
+    else:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(target=_sender_process, args=(spec, secret, child), daemon=True)
+        process.start()
+        tickets = parent.recv()
     rows = []
     try:
-        for size_mb in tqdm(spec.sizes_mb, desc="bench transfer", disable=not progress):
-            per_token = KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype, 1).total_bytes
-            num_tokens = max(1, round(size_mb * 1e6 / per_token))
-            shape = (spec.num_layers, spec.num_kv_heads, num_tokens, spec.head_dim)
-            k, v = torch.randn(shape).to(DTYPES[spec.dtype]), torch.randn(shape).to(DTYPES[spec.dtype])
+        for index, size_mb in enumerate(tqdm(spec.sizes_mb, desc="bench transfer", disable=not progress)):
+            k, v = _random_kv(spec, _num_tokens(spec, size_mb), seed=index)
             layout = KVLayout.of(k)
             pulls, copies = [], []
             for repeat in range(spec.repeats + 1):
-                ticket = sender.publish(f"bench-{size_mb}-{repeat}", k, v)
+                ticket = tickets[(index, repeat)]
                 start = time.perf_counter()
                 k2, v2 = receiver.pull(ticket, layout)
                 receiver.release(ticket)
@@ -59,12 +95,16 @@ def run_transfer_bench(spec: TransferBenchSpec, progress: bool = True) -> dict:
                 pulls.append(pulled)
                 copies.append(copied)
             pull_s, copy_s = statistics.median(pulls), statistics.median(copies)
-            rows.append({"size_mb": layout.total_bytes / 1e6, "num_tokens": num_tokens, "pull_ms": 1e3 * pull_s,
+            rows.append({"size_mb": layout.total_bytes / 1e6, "num_tokens": layout.num_tokens, "pull_ms": 1e3 * pull_s,
                          "pull_gb_s": layout.total_bytes / pull_s / 1e9, "memcpy_ms": 1e3 * copy_s,
                          "memcpy_gb_s": layout.total_bytes / copy_s / 1e9})
     finally:
         receiver.close()
-        sender.close()
+        if process is not None:
+            parent.send("stop")
+            process.join(timeout=30)
+        else:
+            local_sender.close()
     return {"spec": asdict(spec), "rows": rows}
 
 

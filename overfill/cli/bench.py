@@ -36,6 +36,16 @@ def add_parser(subparsers) -> None:
     transfer.add_argument("--json", type=Path, help="write the results here")
     transfer.set_defaults(run=run_transfer)
 
+    service = sub.add_parser("service", help="service TTFT and decode throughput vs in-process, KV transfer GB/s")
+    service.add_argument("--config", default="deploy/local.yaml")
+    service.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    service.add_argument("--prompt-lens", type=_int_list, default=[128, 512, 2048])
+    service.add_argument("--concurrency", type=_int_list, default=[1, 4, 16])
+    service.add_argument("--gen-len", type=int, default=64)
+    service.add_argument("--repeats", type=int, default=3)
+    service.add_argument("--json", type=Path, help="write the results here")
+    service.set_defaults(run=run_service)
+
 
 def run_decode(args: argparse.Namespace) -> int:
     from overfill.bench.decode import DecodeBenchSpec, format_report, run_decode_bench
@@ -64,3 +74,14 @@ def _save(result: dict, path: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         print(f"saved {path}")
+
+
+def run_service(args: argparse.Namespace) -> int:
+    from overfill.bench.service import ServiceBenchSpec, format_report, run_service_bench
+
+    result = run_service_bench(ServiceBenchSpec(config=args.config, overrides=args.overrides,
+                                                prompt_lens=args.prompt_lens, concurrency=args.concurrency,
+                                                gen_len=args.gen_len, repeats=args.repeats))
+    print(format_report(result))
+    _save(result, args.json)
+    return 0

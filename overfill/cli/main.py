@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from overfill.cli import bench, decoder, generate, prune
+from overfill.cli import bench, decoder, generate, prune, serve
 
-COMMANDS = (prune, generate, decoder, bench)
+COMMANDS = (prune, generate, decoder, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

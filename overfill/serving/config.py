@@ -31,6 +31,7 @@ class PrefillPoolConfig:
     num_replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
     max_batch_tokens: int = 4096          # prompt tokens per prefill batch
     max_batch_size: int = 8               # prompts per prefill batch
     max_queued_requests: int = 256        # beyond this: RESOURCE_EXHAUSTED
@@ -41,6 +42,7 @@ class DecodePoolConfig:
     num_replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
 
@@ -101,6 +103,7 @@ class ServiceConfig:
             checks.append((f"{pool}.num_cpus", getattr(self, pool).num_cpus >= 0, ">= 0"))
         for pool in ("prefill", "decode"):
             checks.append((f"{pool}.num_gpus", getattr(self, pool).num_gpus >= 0, ">= 0"))
+            checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = every core)"))
         for name, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{name} = {_get(self, name)!r} is invalid: must be {allowed}")
@@ -173,3 +176,10 @@ def _coerce(value, kind, name: str):
             return value
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
     raise ConfigError(f"{name} must be {names}, got {value!r}")
+
+
+def apply_torch_threads(threads: int) -> None:
+    """Ray sets OMP_NUM_THREADS from an actor's num_cpus (1 for fractions); the model wants the cores it was given."""
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)

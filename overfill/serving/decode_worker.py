@@ -93,7 +93,7 @@ class DecodeWorker:
             first = True
             # 3) Stream what the loop produces.
             while True:
-                chunk: TokenChunk | Exception = await sequence.out.get()
+                chunk = self._coalesce(await sequence.out.get(), sequence.out)
                 if isinstance(chunk, Exception):
                     raise chunk
                 if first:
@@ -108,6 +108,16 @@ class DecodeWorker:
                 self._work.set()
             else:
                 self._free_slot(slot)
+
+    @staticmethod
+    def _coalesce(chunk: TokenChunk | Exception, queue: asyncio.Queue) -> TokenChunk | Exception:
+        """Merge every chunk already waiting into one, so a slow consumer gets fewer, larger messages."""
+        while isinstance(chunk, TokenChunk) and chunk.finish_reason is None and not queue.empty():
+            following = queue.get_nowait()
+            if isinstance(following, Exception):
+                return following
+            chunk = TokenChunk(chunk.token_ids + following.token_ids, following.finish_reason)
+        return chunk
 
     def stats(self) -> dict:
         used = self.cache.num_used_slots

@@ -16,11 +16,11 @@ from concurrent import futures
 import grpc
 import torch
 
+from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseTable
 from overfill.transport.wire import (
     DEFAULT_CHUNK_BYTES,
-    Chunk,
     KVAssembler,
     KVLayout,
     KVWireError,
@@ -33,7 +33,12 @@ from overfill.v1 import kv_transfer_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SECRET_METADATA_KEY = "x-overfill-kv-secret"
+SERVICE_NAME = "overfill.v1.KVTransfer"
 MAX_MESSAGE_BYTES = 4 << 20  # gRPC's default; chunks stay a quarter of it
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
 
 
 def _geometry(layout: KVLayout) -> pb.KVGeometry:
@@ -44,7 +49,9 @@ def _layout(geometry: pb.KVGeometry, dtype: str, num_tokens: int) -> KVLayout:
     return KVLayout(geometry.num_layers, geometry.num_kv_heads, geometry.head_dim, dtype, num_tokens)
 
 
-class _KVTransferServicer(pb_grpc.KVTransferServicer):
+class _KVTransferServicer:
+    """The KVTransfer service. Pull yields serialized KVMessages (bytes) so chunks skip protobuf's copies."""
+
     def __init__(self, leases: LeaseTable, secret: str, chunk_bytes: int):
         self.leases, self.secret, self.chunk_bytes = leases, secret.encode(), chunk_bytes
 
@@ -66,9 +73,9 @@ class _KVTransferServicer(pb_grpc.KVTransferServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"leased KV has {problem}")
         yield pb.KVMessage(header=pb.KVHeader(request_id=request.request_id, geometry=_geometry(layout),
                                               dtype=layout.dtype, num_tokens=layout.num_tokens,
-                                              total_bytes=layout.total_bytes))
+                                              total_bytes=layout.total_bytes)).SerializeToString()
         for chunk in encode_chunks(lease.k, lease.v, self.chunk_bytes):
-            yield pb.KVMessage(chunk=pb.KVChunk(kind=chunk.kind, offset=chunk.offset, data=bytes(chunk.data)))
+            yield encode_chunk_message(chunk)  # already serialized: see chunk_codec
 
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:
         self._authenticate(context)
@@ -87,7 +94,14 @@ class GrpcKVSender(KVSender):
             raise ValueError(f"chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], got {chunk_bytes}")
         self.leases = LeaseTable(lease_ttl_s)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
-        pb_grpc.add_KVTransferServicer_to_server(_KVTransferServicer(self.leases, secret, chunk_bytes), self.server)
+        servicer = _KVTransferServicer(self.leases, secret, chunk_bytes)
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Pull": grpc.unary_stream_rpc_method_handler(
+                servicer.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=_identity),
+            "Release": grpc.unary_unary_rpc_method_handler(
+                servicer.Release, request_deserializer=pb.ReleaseRequest.FromString,
+                response_serializer=pb.ReleaseResponse.SerializeToString),
+        })])
         port = self.server.add_insecure_port(bind_address)
         if port == 0:
             raise OSError(f"KV service could not bind {bind_address}")
@@ -129,16 +143,20 @@ class GrpcKVReceiver(KVReceiver):
         if not secret:
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         self.metadata = ((SECRET_METADATA_KEY, secret),)
-        self._stubs: dict[str, pb_grpc.KVTransferStub] = {}
+        self._stubs: dict[str, tuple] = {}
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
 
-    def _stub(self, address: str) -> pb_grpc.KVTransferStub:
+    def _stub(self, address: str) -> tuple[pb_grpc.KVTransferStub, grpc.UnaryStreamMultiCallable]:
+        """(stub for Release, raw Pull callable that returns serialized KVMessages)."""
         with self._lock:
             if address not in self._stubs:
                 channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
                 self._channels.append(channel)
-                self._stubs[address] = pb_grpc.KVTransferStub(channel)
+                raw_pull = channel.unary_stream(f"/{SERVICE_NAME}/Pull",
+                                                request_serializer=pb.PullRequest.SerializeToString,
+                                                response_deserializer=None)
+                self._stubs[address] = (pb_grpc.KVTransferStub(channel), raw_pull)
             return self._stubs[address]
 
     def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0):
@@ -146,17 +164,19 @@ class GrpcKVReceiver(KVReceiver):
                                  expected_dtype=expected.dtype)
         assembler = None
         try:
-            for message in self._stub(ticket.address).Pull(request, metadata=self.metadata, timeout=timeout_s):
-                if message.HasField("header"):
+            for raw in self._stub(ticket.address)[1](request, metadata=self.metadata, timeout=timeout_s):
+                if is_header_message(raw):
                     if assembler is not None:
                         raise KVWireError("KV stream sent a second header")
-                    h = message.header
+                    h = pb.KVMessage.FromString(raw).header
                     assembler = KVAssembler(expected, _layout(h.geometry, h.dtype, h.num_tokens), h.total_bytes)
                 elif assembler is None:
                     raise KVWireError("KV stream sent a chunk before its header")
                 else:
-                    c = message.chunk
-                    assembler.add(Chunk(c.kind, c.offset, c.data))
+                    try:
+                        assembler.add(decode_chunk_message(raw))
+                    except ValueError as e:
+                        raise KVWireError(f"malformed KV chunk: {e}") from e
         except grpc.RpcError as e:
             raise KVTransferError(e.code().name, e.details() or "KV pull failed") from e
         except KVWireError as e:
@@ -170,7 +190,7 @@ class GrpcKVReceiver(KVReceiver):
 
     def release(self, ticket: KVTicket) -> bool:
         try:
-            response = self._stub(ticket.address).Release(pb.ReleaseRequest(request_id=ticket.request_id),
+            response = self._stub(ticket.address)[0].Release(pb.ReleaseRequest(request_id=ticket.request_id),
                                                           metadata=self.metadata, timeout=10.0)
         except grpc.RpcError as e:
             raise KVTransferError(e.code().name, e.details() or "KV release failed") from e

@@ -11,7 +11,7 @@ from overfill.decoder_checkpoint import load_decoder
 from overfill.default_decoder import resolve_decoder
 from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig
+from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.types import PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
@@ -22,6 +22,7 @@ class DecodeServer:
     def __init__(self, config: ServiceConfig):
         from transformers import AutoTokenizer
 
+        apply_torch_threads(config.decode.torch_threads)
         decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
         decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)

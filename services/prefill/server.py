@@ -11,7 +11,7 @@ import logging
 from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig
+from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class PrefillServer:
     def __init__(self, config: ServiceConfig):
+        apply_torch_threads(config.prefill.torch_threads)
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{config.kv.bind_host}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes)

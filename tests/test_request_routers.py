@@ -1,0 +1,32 @@
+"""The DistServe-style request routers as pure functions of the replicas' reported stats (no cluster)."""
+
+import asyncio
+from types import SimpleNamespace
+
+from services.router.request_router import LeastQueuedTokensRouter, MostFreeKVRouter
+
+
+def replicas(*stats):
+    return [SimpleNamespace(name=f"r{i}", routing_stats=s) for i, s in enumerate(stats)]
+
+
+def ranking(router_class, candidates):
+    router = router_class.__new__(router_class)  # choose_replicas reads only the candidates' stats
+    ranks = asyncio.run(router.choose_replicas(candidates))
+    return [[r.name for r in rank] for rank in ranks]
+
+
+def test_prefill_prefers_the_fewest_queued_prompt_tokens():
+    candidates = replicas({"queued_prompt_tokens": 900}, {"queued_prompt_tokens": 12}, {}, {"queued_prompt_tokens": 300})
+    assert ranking(LeastQueuedTokensRouter, candidates) == [["r1"], ["r3"], ["r0"], ["r2"]]
+
+
+def test_decode_prefers_the_most_free_kv_among_replicas_that_can_admit():
+    candidates = replicas(
+        {"num_free_slots": 2, "num_waiting": 0},
+        {"num_free_slots": 0, "num_waiting": 5},
+        {"num_free_slots": 9, "num_waiting": 0},
+        {"num_free_slots": 0, "num_waiting": 1},
+        {},
+    )
+    assert ranking(MostFreeKVRouter, candidates) == [["r2"], ["r0"], ["r3"], ["r1"], ["r4"]]
