@@ -171,3 +171,12 @@ def test_cli_client_streams_and_reports_errors(service, capsys):
     assert [t for line in lines for t in line.get("token_ids", [])] == in_process(service, "one two", 6)
     assert main(["client", "--address", service["address"], "--raw", "--max-tokens", "999", "hi"]) == 1
     assert "INVALID_ARGUMENT: max_tokens" in capsys.readouterr().err
+
+
+def test_deadline_is_honoured_and_frees_kv(service):
+    with OverFillClient(service["address"], timeout_s=0.3) as client:
+        with pytest.raises(OverFillError) as error:
+            for _ in client.generate("a long answer please", max_tokens=64, temperature=1.0, seed=3):
+                time.sleep(0.05)  # a slow reader: the deadline passes mid-stream
+    assert error.value.code == "DEADLINE_EXCEEDED"
+    assert_no_kv_left(service)

@@ -2,8 +2,8 @@
 
 1) TTFT at several prompt lengths: service (client send -> first streamed message, max_tokens=1) vs in-process
    full-model prefill of the same token ids.
-2) Decode throughput at 1/4/16 concurrent streams: completion tokens/s over the streams' decode phase vs the
-   in-process engine decoding the same batch size.
+2) Decode throughput at 1/4/16 concurrent streams: the sum of 1/TPOT over the streams vs the in-process engine
+   decoding the same batch size (streams / TPOT).
 3) KV transfer: gRPC pull GB/s vs a local copy of the same bytes (`bench transfer`).
 """
 
@@ -97,8 +97,10 @@ def _bench_decode(spec, address, engine, tokenizer, progress) -> list[dict]:
 
 
 async def _service_decode_rate(address: str, text: str, streams: int, gen_len: int) -> float:
+    """Steady-state decode tokens/s: the sum over concurrent streams of 1 / TPOT, TPOT being a stream's (last token
+    time - first token time) / (tokens - 1). The same quantity as the in-process `streams / TPOT`."""
     async with AsyncOverFillClient(address) as client:
-        async def one():
+        async def tpot():
             first = last = None
             count = 0
             async for piece in client.generate(text, max_tokens=gen_len):
@@ -106,11 +108,10 @@ async def _service_decode_rate(address: str, text: str, streams: int, gen_len: i
                 first = first or now
                 last = now
                 count += len(piece.token_ids)
-            return first, last, count
+            return (last - first) / max(1, count - 1)
 
-        results = await asyncio.gather(*(one() for _ in range(streams)))
-    start, end = min(r[0] for r in results), max(r[1] for r in results)
-    return sum(r[2] - 1 for r in results) / (end - start)
+        tpots = await asyncio.gather(*(tpot() for _ in range(streams)))
+    return sum(1 / t for t in tpots)
 
 
 def format_report(result: dict) -> str:
@@ -119,7 +120,7 @@ def format_report(result: dict) -> str:
     for r in result["ttft"]:
         lines.append(f"{r['prompt_tokens']:>14} {r['service_ttft_ms']:>11.1f} {r['in_process_ttft_ms']:>14.1f} "
                      f"{r['overhead_pct']:>8.1f}%")
-    lines += ["", "Decode throughput: concurrent service streams vs in-process batch of the same size",
+    lines += ["", "Decode throughput (sum of 1/TPOT): concurrent service streams vs in-process batch of the same size",
               f"{'streams':>8} {'service tok/s':>14} {'in-process tok/s':>17} {'vs 1 stream':>12}"]
     for r in result["decode"]:
         lines.append(f"{r['streams']:>8} {r['service_tokens_per_s']:>14.1f} {r['in_process_tokens_per_s']:>17.1f} "
