@@ -29,25 +29,26 @@ def build_app(config: ServiceConfig):
     """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already."""
     if not config.kv.secret:
         raise ValueError("kv.secret must be resolved before building the app (ServiceConfig.with_secret())")
-    prefill = serve.deployment(PrefillServer).options(
-        name="prefill", num_replicas=config.prefill.num_replicas,
-        ray_actor_options={"num_cpus": config.prefill.num_cpus, "num_gpus": config.prefill.num_gpus},
-        max_ongoing_requests=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8,
-        request_router_config=RequestRouterConfig(request_router_class=LeastQueuedTokensRouter,
-                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
-    )
-    decode = serve.deployment(DecodeServer).options(
-        name="decode", num_replicas=config.decode.num_replicas,
-        ray_actor_options={"num_cpus": config.decode.num_cpus, "num_gpus": config.decode.num_gpus},
-        max_ongoing_requests=config.decode.num_slots + config.decode.max_waiting + 8,
-        request_router_config=RequestRouterConfig(request_router_class=MostFreeKVRouter,
-                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
-    )
+    prefill = _pool(PrefillServer, "prefill", config.prefill, LeastQueuedTokensRouter,
+                    max_ongoing=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8)
+    decode = _pool(DecodeServer, "decode", config.decode, MostFreeKVRouter,
+                   max_ongoing=config.decode.num_slots + config.decode.max_waiting + 8)
     router = serve.deployment(GenerationRouter).options(
         name="router", num_replicas=config.server.num_replicas,
         ray_actor_options={"num_cpus": config.server.num_cpus}, max_ongoing_requests=2048,
     )
     return router.bind(config, prefill.bind(config), decode.bind(config))
+
+
+def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
+    """A pool's deployment: its replicas and resources, and its request router fed by `record_routing_stats`."""
+    return serve.deployment(server_class).options(
+        name=name, num_replicas=pool.num_replicas,
+        ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
+        max_ongoing_requests=max_ongoing,
+        request_router_config=RequestRouterConfig(request_router_class=router_class,
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
+    )
 
 
 def prepare_models(config: ServiceConfig) -> None:

@@ -44,15 +44,20 @@ def _random_kv(spec: TransferBenchSpec, num_tokens: int, seed: int) -> tuple[tor
     return tuple(torch.randn(shape, generator=generator).to(DTYPES[spec.dtype]) for _ in range(2))
 
 
-def _sender_process(spec: TransferBenchSpec, secret: str, connection) -> None:
-    """Child process: lease one KV per (size, repeat), send back the tickets, serve until told to stop."""
-    sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
+def _publish_all(sender, spec: TransferBenchSpec) -> dict:
+    """Lease one KV per (size index, repeat); the tickets say where to pull each."""
     tickets = {}
     for index, size_mb in enumerate(spec.sizes_mb):
         k, v = _random_kv(spec, _num_tokens(spec, size_mb), seed=index)
         for repeat in range(spec.repeats + 1):
             tickets[(index, repeat)] = sender.publish(f"bench-{index}-{repeat}", k.clone(), v.clone())
-    connection.send(tickets)
+    return tickets
+
+
+def _sender_process(spec: TransferBenchSpec, secret: str, connection) -> None:
+    """Child process: lease one KV per (size, repeat), send back the tickets, serve until told to stop."""
+    sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
+    connection.send(_publish_all(sender, spec))
     connection.recv()  # stop
     sender.close()
 
@@ -61,13 +66,9 @@ def run_transfer_bench(spec: TransferBenchSpec, progress: bool = True) -> dict:
     secret = uuid.uuid4().hex
     receiver = make_receiver(spec.transport, secret=secret)
     if spec.transport == "inprocess":
-        parent = child = process = None
+        process = None
         local_sender = make_sender(spec.transport, secret=secret, chunk_bytes=spec.chunk_bytes)
-        tickets = {}
-        for index, size_mb in enumerate(spec.sizes_mb):
-            k, v = _random_kv(spec, _num_tokens(spec, size_mb), seed=index)
-            for repeat in range(spec.repeats + 1):
-                tickets[(index, repeat)] = local_sender.publish(f"bench-{index}-{repeat}", k.clone(), v.clone())
+        tickets = _publish_all(local_sender, spec)
     else:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()

@@ -27,22 +27,22 @@ class ModelsConfig:
 
 
 @dataclass
-class PrefillPoolConfig:
+class PoolResources:
     num_replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
+
+
+@dataclass
+class PrefillPoolConfig(PoolResources):
     max_batch_tokens: int = 4096          # prompt tokens per prefill batch
     max_batch_size: int = 8               # prompts per prefill batch
     max_queued_requests: int = 256        # beyond this: RESOURCE_EXHAUSTED
 
 
 @dataclass
-class DecodePoolConfig:
-    num_replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
+class DecodePoolConfig(PoolResources):
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
 
