@@ -68,7 +68,8 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None) ->
     config = config.with_secret()
     prepare_models(config)
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, **(ray_init_kwargs or {}))
+        ray.init(include_dashboard=False, logging_level=logging.WARNING,
+                 _metrics_export_port=config.server.metrics_port, **(ray_init_kwargs or {}))
     serve.start(
         http_options={"host": "127.0.0.1", "port": config.server.http_port},
         grpc_options=gRPCOptions(port=config.server.grpc_port, grpc_servicer_functions=SERVICER_FUNCTIONS),
@@ -113,6 +114,7 @@ def serve_forever(config: ServiceConfig) -> None:
         print(f"OverFill Serve ready on {address} (gRPC, overfill.v1.Generation) after "
               f"{time.perf_counter() - started:.0f} s: full {config.models.full}, decoder {config.models.decoder}, "
               f"{config.prefill.num_replicas} prefill + {config.decode.num_replicas} decode replica(s)", flush=True)
+        print(f"metrics: http://127.0.0.1:{config.server.metrics_port}/metrics (Prometheus)", flush=True)
         print(f"try:  .venv/bin/overfill client --address {address} \"What is the capital of France?\"", flush=True)
         print("stop: Ctrl-C", flush=True)
         while not stop.wait(0.5):

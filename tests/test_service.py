@@ -40,7 +40,7 @@ def service(tmp_path_factory):
     port = free_port()
     config = load_config(None, [
         f"models.full={full_dir}", f"models.decoder={root / 'decoder'}", f"server.grpc_port={port}",
-        f"server.http_port={free_port()}", "server.max_context_tokens=256", "server.max_tokens_limit=64",
+        f"server.http_port={free_port()}", f"server.metrics_port={free_port()}", "server.max_context_tokens=256", "server.max_tokens_limit=64",
         "server.default_max_tokens=16", f"kv.lease_ttl_s={LEASE_TTL_S}", "decode.num_slots=4", "decode.max_waiting=16",
         "prefill.num_cpus=0.25", "decode.num_cpus=0.25", "server.num_cpus=0.25",
     ])
@@ -180,3 +180,32 @@ def test_deadline_is_honoured_and_frees_kv(service):
                 time.sleep(0.05)  # a slow reader: the deadline passes mid-stream
     assert error.value.code == "DEADLINE_EXCEEDED"
     assert_no_kv_left(service)
+
+
+def test_prometheus_metrics_are_exported(service):
+    import urllib.request
+
+    with OverFillClient(service["address"]) as client:
+        list(client.generate("metrics please", max_tokens=8))
+    url = f"http://127.0.0.1:{service['config'].server.metrics_port}/metrics"
+
+    def scrape() -> str:
+        try:
+            return urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            return ""
+
+    def count(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(f"ray_{name}_count{{"))
+
+    assert wait_for(lambda: count(scrape(), "overfill_time_to_first_token_seconds") > 0
+                    and count(scrape(), "overfill_inter_token_latency_seconds") > 0
+                    and count(scrape(), "overfill_kv_transfer_seconds") > 0, timeout_s=60)
+    text = scrape()
+    for name in ("overfill_e2e_request_latency_seconds_bucket", "overfill_num_requests_running",
+                 "overfill_num_requests_waiting", "overfill_kv_cache_usage_perc", "overfill_generation_tokens",
+                 "overfill_prompt_tokens", 'role="decode"', 'role="prefill"'):
+        assert name in text, name
+    if not torch.cuda.is_available():
+        assert "overfill_gpu_" not in text  # absent, not zero, without a GPU

@@ -60,6 +60,7 @@ class KVConfig:
 class ServerConfig:
     grpc_port: int = 9000
     http_port: int = 8000                 # Ray Serve's HTTP proxy (unused by the API, bound to 127.0.0.1)
+    metrics_port: int = 8080              # Prometheus /metrics of the local Ray cluster `overfill serve` starts
     app_name: str = "overfill"
     route_prefix: str = "/overfill"
     max_context_tokens: int = 2048        # prompt + generated tokens per request
@@ -87,6 +88,7 @@ class ServiceConfig:
             ("kv.chunk_bytes", 0 < self.kv.chunk_bytes <= 2 << 20, "in (0, 2097152]"),
             ("server.grpc_port", 0 < self.server.grpc_port < 65536, "in [1, 65535]"),
             ("server.http_port", 0 < self.server.http_port < 65536, "in [1, 65535]"),
+            ("server.metrics_port", 0 < self.server.metrics_port < 65536, "in [1, 65535]"),
             ("server.max_context_tokens", self.server.max_context_tokens >= 2, ">= 2"),
             ("server.max_tokens_limit", 1 <= self.server.max_tokens_limit < self.server.max_context_tokens,
              f"in [1, server.max_context_tokens - 1 = {self.server.max_context_tokens - 1}]"),

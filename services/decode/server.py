@@ -16,6 +16,7 @@ from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.types import PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
+from services.metrics import DecodeMetrics
 
 
 class DecodeServer:
@@ -26,6 +27,7 @@ class DecodeServer:
         decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
         decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        self.metrics = DecodeMetrics()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret)
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
@@ -36,14 +38,19 @@ class DecodeServer:
     async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
         """Called by the router as a stream; cancelling it frees the sequence's KV slot."""
         async for chunk in self.worker.generate(prefill, sampling):
+            if chunk.kv_transfer_s is not None:
+                self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
             yield chunk
 
     async def stats(self) -> dict:
         return self.worker.stats()
 
     def record_routing_stats(self) -> dict:
-        """Read by the decode request router: the most free KV among replicas that can admit wins."""
-        return self.worker.stats()
+        """Polled by Ray every 0.5 s: feeds the decode request router (most free KV among replicas that can admit)
+        and the metrics."""
+        stats = self.worker.stats()
+        self.metrics.refresh(stats)
+        return stats
 
     def __del__(self):
         self.worker.close()

@@ -15,6 +15,7 @@ from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
+from services.metrics import PrefillMetrics
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class PrefillServer:
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{config.kv.bind_host}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes)
+        self.metrics = PrefillMetrics()
         self.worker = PrefillWorker(
             ModelRunner(full.model), self.sender, eos_token_ids(full.model.config, full.model.generation_config,
                                                                 full.tokenizer),
@@ -45,9 +47,12 @@ class PrefillServer:
     async def stats(self) -> dict:
         return {**self.worker.stats(), "leases_expired": getattr(getattr(self.sender, "leases", None), "num_expired", 0)}
 
-    def record_routing_stats(self) -> dict:
-        """Read by the prefill request router: the least queued prompt tokens wins."""
-        return self.worker.stats()
+    async def record_routing_stats(self) -> dict:
+        """Polled by Ray every 0.5 s: feeds the prefill request router (least queued prompt tokens) and the
+        metrics."""
+        stats = await self.stats()
+        self.metrics.refresh(stats)
+        return stats
 
     def __del__(self):
         self.worker.close()

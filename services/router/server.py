@@ -26,6 +26,7 @@ from overfill.serving.config import ServiceConfig
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import Limits, StopStringMatcher, validate_request
 from overfill.v1 import generation_pb2 as pb
+from services.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class GenerationRouter:
         from transformers import AutoConfig, AutoTokenizer
 
         self.config, self.prefill, self.decode = config, prefill, decode
+        self.metrics = RouterMetrics()
+        self.num_running = 0
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
@@ -72,21 +75,15 @@ class GenerationRouter:
     # ---- RPCs: unpack -> call -> pack ----------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
-        try:
-            async for response in self._generate(request):
-                yield response
-        except Exception as e:  # noqa: BLE001  every failure leaves as a status
-            self._abort(e, grpc_context, request.request_id)
+        async for response in self._observed(request, grpc_context):
+            yield response
 
     async def GenerateUnary(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
         text, token_ids, last = [], [], None
-        try:
-            async for response in self._generate(request):
-                text.append(response.text)
-                token_ids.extend(response.token_ids)
-                last = response
-        except Exception as e:  # noqa: BLE001
-            self._abort(e, grpc_context, request.request_id)
+        async for response in self._observed(request, grpc_context):
+            text.append(response.text)
+            token_ids.extend(response.token_ids)
+            last = response
         return pb.GenerateUnaryResponse(text="".join(text), token_ids=token_ids, finish_reason=last.finish_reason,
                                         usage=last.usage, request_id=last.request_id)
 
@@ -99,6 +96,35 @@ class GenerationRouter:
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, grpc_context: RayServegRPCContext):
         return self.model_info
+
+    async def _observed(self, request: pb.GenerateRequest,
+                        grpc_context: RayServegRPCContext) -> AsyncIterator[pb.GenerateResponse]:
+        """`_generate` with its metrics (TTFT, ITL, E2E, tokens, outcome) and its errors turned into statuses."""
+        self.num_running += 1
+        self.metrics.running.set(self.num_running)
+        status = "OK"
+        arrival = previous = time.perf_counter()
+        try:
+            first = True
+            async for response in self._generate(request):
+                now = time.perf_counter()
+                (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
+                first, previous = False, now
+                if response.finish_reason:
+                    self.metrics.e2e.observe(response.usage.e2e_s)
+                    self.metrics.finished("OK", response.usage.prompt_tokens, response.usage.completion_tokens)
+                yield response
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception as e:  # noqa: BLE001  every failure leaves as a status
+            status = (service_error_of(e) or ServiceError("INTERNAL", "")).code
+            self._abort(e, grpc_context, request.request_id)
+        finally:
+            self.num_running -= 1
+            self.metrics.running.set(self.num_running)
+            if status != "OK":
+                self.metrics.requests.inc(1, tags={"status": status})
 
     def _abort(self, error: Exception, grpc_context: RayServegRPCContext, request_id: str) -> None:
         """The one place errors become statuses (DESIGN §6); raises so the proxy sends the status."""
