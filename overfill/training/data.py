@@ -1,0 +1,94 @@
+"""Training data: JSONL conversations -> (prompt ids, response ids), exactly as the engine sees them at inference.
+
+Each line is OpenAI chat form `{"messages": [{"role", "content"}, ...]}` or ShareGPT form
+`{"conversations": [{"from", "value"}, ...]}`. The response is the last assistant turn; the prompt is every message
+before it rendered with the model's chat template and generation prompt. The response ends with the EOS token, so
+the decoder learns to stop. Examples longer than `max_length` tokens, or marked `"truncated"` by `make-data`, are
+dropped and counted. Errors name the line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from overfill.prompts import has_chat_template, render_chat
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class TrainingDataError(ValueError):
+    """A training file line is not a usable conversation."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_ids: list[int]
+    response_ids: list[int]  # ends with EOS
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    num_dropped: int  # longer than max_length, or marked truncated by make-data
+    source: str
+
+
+def parse_messages(record: dict, where: str) -> list[dict]:
+    """One JSONL record -> OpenAI-style messages."""
+    if isinstance(record.get("messages"), list):
+        messages = record["messages"]
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in messages):
+            raise TrainingDataError(f"{where}: every message needs string 'role' and 'content'")
+        return messages
+    if isinstance(record.get("conversations"), list):
+        messages = []
+        for turn in record["conversations"]:
+            if not (isinstance(turn, dict) and turn.get("from") in SHAREGPT_ROLES and isinstance(turn.get("value"), str)):
+                raise TrainingDataError(f"{where}: every ShareGPT turn needs 'from' in "
+                                        f"{', '.join(SHAREGPT_ROLES)} and a string 'value'")
+            messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+        return messages
+    raise TrainingDataError(f"{where}: expected {{\"messages\": [...]}} or {{\"conversations\": [...]}}")
+
+
+def encode_example(messages: list[dict], tokenizer, eos_id: int, where: str) -> Example:
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or not messages[last]["content"].strip():
+        raise TrainingDataError(f"{where}: no non-empty assistant turn to learn")
+    if last == 0:
+        raise TrainingDataError(f"{where}: the assistant turn has no prompt before it")
+    prompt = render_chat(tokenizer, messages[:last])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"] + [eos_id]
+    return Example(prompt_ids, response_ids)
+
+
+def load_dataset(path: str | Path, tokenizer, max_length: int = 1024) -> Dataset:
+    if not has_chat_template(tokenizer):
+        raise TrainingDataError("the model's tokenizer has no chat template; training data is conversations")
+    eos_id = tokenizer.eos_token_id
+    examples, dropped = [], 0
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TrainingDataError(f"{where}: not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict):
+            raise TrainingDataError(f"{where}: expected a JSON object")
+        if record.get("truncated"):  # `make-data` answers cut off at max tokens would teach stopping mid-answer
+            dropped += 1
+            continue
+        example = encode_example(parse_messages(record, where), tokenizer, eos_id, where)
+        if len(example.prompt_ids) + len(example.response_ids) > max_length:
+            dropped += 1
+            continue
+        examples.append(example)
+    if not examples:
+        raise TrainingDataError(f"{path}: no usable examples ({dropped} longer than {max_length} tokens)")
+    return Dataset(examples, dropped, str(path))
