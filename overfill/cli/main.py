@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from overfill.cli import bench, decoder, generate, prune, serve, train
+from overfill.cli import bench, decoder, evaluate, generate, prune, serve, train
 
-COMMANDS = (prune, generate, decoder, train, serve, bench)
+COMMANDS = (prune, generate, decoder, train, evaluate, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,64 @@
+"""Evaluation: scoring of each match type, task parsing errors, and a run of every mode with its plot."""
+
+import json
+
+import pytest
+
+from overfill.evaluation import EvalTaskError, agreement, load_tasks, score
+
+
+@pytest.mark.parametrize("output, answer, match, expected", [
+    (" yes. ", "yes", "exact", True), ("Yes", "yes", "exact", False), ("yes, it is", "yes", "exact", False),
+    ("The capital is PARIS!", "Paris", "contains", True), ("Lyon", "Paris", "contains", False),
+    ("7 + 5 = 12", "12", "number", True), ("12 or maybe 13", "12", "number", False),
+    ("It costs 1,000 dollars", "1000", "number", True), ("about 2.50", "2.5", "number", True),
+    ("no digits here", "3", "number", False), ("-4 degrees", "-4", "number", True),
+])
+def test_scoring(output, answer, match, expected):
+    assert score(output, answer, match) is expected
+
+
+def test_agreement_is_a_token_level_match_rate():
+    assert agreement([1, 2, 3], [1, 2, 3]) == 1.0
+    assert agreement([1, 9, 3, 4], [1, 2, 3]) == 0.5
+    assert agreement([], []) == 1.0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{bad", "tasks.jsonl:2: not valid JSON"),
+    ('{"messages": [], "answer": "x", "match": "exact"}', "tasks.jsonl:2: needs a non-empty"),
+    ('{"messages": [{"role": "user", "content": "q"}], "answer": "x", "match": "fuzzy"}', "tasks.jsonl:2: needs a string"),
+])
+def test_task_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}], "answer": "a", "match": "exact"})
+                    + "\n" + line + "\n")
+    with pytest.raises(EvalTaskError, match=message):
+        load_tasks(path)
+
+
+def test_eval_runs_every_mode_and_plots(tiny_dir, tmp_path, capsys):
+    from overfill.build_decoder import PruneSpec, build_decoder
+    from overfill.cli.main import main
+    from tests.tiny import CORPUS
+
+    calibration = tmp_path / "cal.jsonl"
+    calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    decoder = tmp_path / "decoder"
+    build_decoder(PruneSpec(str(tiny_dir), 64, 96, output=decoder, calibration=calibration), progress=False)  # no-op
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "answer": a, "match": m}) + "\n"
+                             for q, a, m in [("What is 2+2?", "4", "number"), ("Capital of France?", "Paris", "contains"),
+                                             ("Is ice cold?", "yes", "exact")]))
+    out, plot = tmp_path / "eval.json", tmp_path / "pareto.png"
+    assert main(["eval", "--model", str(tiny_dir), "--decoder", str(decoder), "--tasks", str(tasks), "--modes",
+                 "full,pruned,overfill,speculative", "--max-new-tokens", "6", "--json", str(out),
+                 "--plot", str(plot)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"full", "pruned", "overfill", "speculative"}
+    # The decoder is a no-op prune: every mode reproduces the full model's greedy tokens.
+    assert all(rows[m]["agreement"] == 1.0 for m in ("pruned", "overfill", "speculative"))
+    assert rows["speculative"]["ttft_ms"] is None and rows["overfill"]["tpot_ms"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "speculative" in capsys.readouterr().out
