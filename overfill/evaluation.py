@@ -6,6 +6,7 @@ Task lines: `{"messages": [...], "answer": "...", "match": "exact|contains|numbe
     number    the last number in the output equals the answer
 Modes: full, pruned, overfill (the in-process engine, greedy, batched) and speculative (transformers' assisted
 generation: the full model verifies the decoder's drafts, so its output is the full model's; only speed changes).
+With `refresh_every` N, overfill is also run with prefill refresh every N tokens (row `overfill+refreshN`).
 Agreement is the token-level match rate with the full model's greedy output: matching positions over the longer of
 the two outputs, averaged over tasks.
 """
@@ -94,6 +95,7 @@ class EvalSpec:
     modes: list[str] = field(default_factory=lambda: ["full", "pruned", "overfill"])
     max_new_tokens: int = 64
     batch_size: int = 8
+    refresh_every: int = 0  # > 0: also evaluate overfill with prefill refresh every N tokens
     dtype: str = "auto"
     device: str = "cpu"
 
@@ -122,6 +124,11 @@ def run_eval(spec: EvalSpec, progress: bool = True) -> dict:
             row["decoder"] = str(decoder)
             row["agreement"] = statistics.mean(agreement(t, r) for t, r in zip(tokens, full_tokens))
             rows.append(row)
+        if spec.refresh_every and "overfill" in spec.modes:
+            tokens, row = _engine_mode(loaded, prompts, tasks, "overfill", spec, progress, spec.refresh_every)
+            row.update(mode=f"overfill+refresh{spec.refresh_every}", decoder=str(decoder),
+                       agreement=statistics.mean(agreement(t, r) for t, r in zip(tokens, full_tokens)))
+            rows.append(row)
     return {"spec": asdict(spec), "num_tasks": len(tasks), "rows": rows}
 
 
@@ -131,11 +138,12 @@ def _summary(mode: str, outputs_text: list[str], tasks: list[Task], ttfts: list[
             "tpot_ms": 1e3 * statistics.mean(tpots) if tpots else None}
 
 
-def _engine_mode(loaded, prompts, tasks, mode, spec, progress):
+def _engine_mode(loaded, prompts, tasks, mode, spec, progress, refresh_every: int = 0):
     tokens, texts, ttfts, tpots = [], [], [], []
     params = SamplingParams(max_new_tokens=spec.max_new_tokens)
     for start in tqdm(range(0, len(prompts), spec.batch_size), desc=f"eval {mode}", disable=not progress):
-        for out in loaded.engine.generate(prompts[start:start + spec.batch_size], params, mode):
+        for out in loaded.engine.generate(prompts[start:start + spec.batch_size], params, mode,
+                                          refresh_every=refresh_every):
             tokens.append(out.token_ids)
             texts.append(loaded.tokenizer.decode(out.token_ids, skip_special_tokens=True))
             ttfts.append(out.ttft_s)

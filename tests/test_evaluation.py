@@ -52,13 +52,13 @@ def test_eval_runs_every_mode_and_plots(tiny_dir, tmp_path, capsys):
                                              ("Is ice cold?", "yes", "exact")]))
     out, plot = tmp_path / "eval.json", tmp_path / "pareto.png"
     assert main(["eval", "--model", str(tiny_dir), "--decoder", str(decoder), "--tasks", str(tasks), "--modes",
-                 "full,pruned,overfill,speculative", "--max-new-tokens", "6", "--json", str(out),
+                 "full,pruned,overfill,speculative", "--max-new-tokens", "6", "--refresh-every", "2", "--json", str(out),
                  "--plot", str(plot)]) == 0
     result = json.loads(out.read_text())
     rows = {r["mode"]: r for r in result["rows"]}
-    assert set(rows) == {"full", "pruned", "overfill", "speculative"}
+    assert set(rows) == {"full", "pruned", "overfill", "speculative", "overfill+refresh2"}
     # The decoder is a no-op prune: every mode reproduces the full model's greedy tokens.
-    assert all(rows[m]["agreement"] == 1.0 for m in ("pruned", "overfill", "speculative"))
+    assert all(rows[m]["agreement"] == 1.0 for m in ("pruned", "overfill", "speculative", "overfill+refresh2"))
     assert rows["speculative"]["ttft_ms"] is None and rows["overfill"]["tpot_ms"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "speculative" in capsys.readouterr().out

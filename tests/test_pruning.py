@@ -127,3 +127,25 @@ def test_qwen_sliding_window_and_dynamic_rope_are_refused():
     config.rope_parameters = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
     with pytest.raises(UnsupportedModelError, match="dynamic"):
         check_supported(config)
+
+
+def test_prefill_refresh_replaces_decoder_kv_with_the_full_models():
+    full = tiny_model("llama")
+    decoder = prune_model(full, select_channels(importance_of(full), 32, 48))
+    engine = TwoStageEngine(ModelRunner(full), ModelRunner(decoder), eos_token_ids=set())
+    prompt = [3, 1, 4, 1, 5]
+    cache = engine.new_cache(1, 32)
+    out = engine.generate([prompt], SamplingParams(max_new_tokens=8), "overfill", cache=cache, refresh_every=3)
+    # Decode steps 1-7 wrote tokens 0-6 at positions 5-11; the refreshes after steps 3 and 6 rewrote positions 5-10
+    # with the full model's KV (position 11, written by step 7, was not refreshed: generation ended).
+    sequence = prompt + out[0].token_ids[:6]
+    reference = engine.new_cache(1, 32)
+    engine.full.forward(reference, reference.allocate(1), torch.tensor([sequence]))
+    n = len(sequence)
+    torch.testing.assert_close(cache.k[:, 0, :, :n], reference.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v[:, 0, :, :n], reference.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    plain_cache = engine.new_cache(1, 32)
+    engine.generate([prompt], SamplingParams(max_new_tokens=8), "overfill", cache=plain_cache)
+    assert not torch.allclose(plain_cache.k[:, 0, :, n - 1], reference.k[:, 0, :, n - 1])  # without: decoder KV
+    with pytest.raises(ValueError, match="only meaningful in overfill"):
+        engine.generate([prompt], SamplingParams(max_new_tokens=2), "full", refresh_every=2)

@@ -15,6 +15,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--modes", default="full,pruned,overfill", help="any of full,pruned,overfill,speculative")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--refresh-every", type=int, default=0, help="also run overfill with prefill refresh every N tokens")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--plot", type=Path, help="write accuracy vs TPOT here (PNG)")
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = args.tasks or str(resources.files("overfill") / "data" / "eval_tasks.jsonl")
     result = run_eval(EvalSpec(model=args.model, decoders=args.decoder.split(","), tasks=tasks,
                                modes=args.modes.split(","), max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, device=args.device))
+                               batch_size=args.batch_size, refresh_every=args.refresh_every, device=args.device))
     print(format_report(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

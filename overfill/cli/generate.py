@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (each prompt's generator starts from it)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="render each prompt as one user message with the chat template (default: when the model has one)")
+    p.add_argument("--refresh-every", type=int, default=0,
+                   help="overfill mode: every N decoded tokens the full model re-reads them and replaces their KV")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of streaming text")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="cpu")
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(detokenizer.push(token))
             sys.stdout.flush()
 
-    outputs = loaded.engine.generate(prompts, params, args.mode, on_token=on_token)
+    outputs = loaded.engine.generate(prompts, params, args.mode, on_token=on_token, refresh_every=args.refresh_every)
 
     for index, output in enumerate(outputs):
         text = tokenizer.decode(output.token_ids, skip_special_tokens=True)

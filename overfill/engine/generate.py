@@ -67,9 +67,15 @@ class TwoStageEngine:
         return KVCache(CacheSpec.for_geometry(self.geometry, num_slots, max_seq_len, self.dtype, self.device))
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], mode: Mode | str,
-                 on_token: TokenCallback | None = None, cache: KVCache | None = None) -> list[GenerationOutput]:
-        """Generate for a batch of tokenized prompts; every KV slot used is freed before returning (or raising)."""
+                 on_token: TokenCallback | None = None, cache: KVCache | None = None,
+                 refresh_every: int = 0) -> list[GenerationOutput]:
+        """Generate for a batch of tokenized prompts; every KV slot used is freed before returning (or raising).
+
+        `refresh_every` N > 0 (overfill mode): every N decoded tokens the full model re-reads them and its KV replaces
+        the decoder's for those positions (prefill refresh, the paper's future work)."""
         prefill_runner, decode_runner = self.runners(mode)
+        if refresh_every < 0 or (refresh_every and Mode(mode) is not Mode.OVERFILL):
+            raise ValueError("refresh_every must be >= 0, and is only meaningful in overfill mode")
         params = params if isinstance(params, list) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
@@ -80,13 +86,13 @@ class TwoStageEngine:
         cache = cache or self.new_cache(len(prompts), max_seq_len)
         slots = cache.allocate(len(prompts))
         try:
-            return self._generate(prefill_runner, decode_runner, cache, slots, prompts, params, on_token)
+            return self._generate(prefill_runner, decode_runner, cache, slots, prompts, params, on_token, refresh_every)
         finally:
             cache.free(slots)
 
     def _generate(self, prefill_runner: ModelRunner, decode_runner: ModelRunner, cache: KVCache, slots: list[int],
                   prompts: list[list[int]], params: list[SamplingParams],
-                  on_token: TokenCallback | None) -> list[GenerationOutput]:
+                  on_token: TokenCallback | None, refresh_every: int) -> list[GenerationOutput]:
         start = time.perf_counter()
         generators = [p.make_generator(self.device) for p in params]
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -115,6 +121,7 @@ class TwoStageEngine:
 
         # 2) Decode the rows still running, one token each per step, until EOS or max_new_tokens.
         active = [row for row in range(len(prompts)) if finish[row] is None]
+        num_steps = 0
         while active:
             step_ids = torch.tensor([[outputs[row][-1]] for row in active], device=self.device)  # [A, 1]
             logits = decode_runner.forward(cache, [slots[row] for row in active], step_ids)  # [A, V]
@@ -122,6 +129,9 @@ class TwoStageEngine:
             for row, token in zip(active, tokens):
                 accept(row, token)
             active = [row for row in active if finish[row] is None]
+            num_steps += 1
+            if refresh_every and active and num_steps % refresh_every == 0:
+                self._refresh(cache, [slots[row] for row in active], [outputs[row] for row in active], refresh_every)
 
         return [
             GenerationOutput(
@@ -133,3 +143,11 @@ class TwoStageEngine:
             )
             for row in range(len(prompts))
         ]
+
+    def _refresh(self, cache: KVCache, slots: list[int], outputs: list[list[int]], num: int) -> None:
+        """The full model rewrites the KV of the last `num` tokens in the cache (all rows decoded in lockstep, so each
+        has the same `num` decoder-written positions at its end; the newest token is not in the cache yet)."""
+        tokens = torch.tensor([out[-num - 1:-1] for out in outputs], device=self.device)  # [A, num]
+        for slot in slots:
+            cache.lengths[slot] -= num
+        self.full.forward(cache, slots, tokens)
