@@ -25,5 +25,5 @@ for mode in overfill pruned; do
 done
 
 # 4) Accuracy, agreement with the full model, TTFT/TPOT; the Pareto plot.
-$BIN eval --decoder "$OUT/half,$OUT/overfill,$OUT/pruned" --modes full,pruned,overfill --max-new-tokens 48 \
+$BIN eval --decoder "$OUT/half,$OUT/overfill,$OUT/pruned" --modes full,pruned,overfill --max-new-tokens 32 \
     --json "$OUT/eval.json" --plot docs/overfill-vs-pruned.png
