@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # OverFill vs Pruned on the embedded SmolLM2-135M, on CPU: prune to ~50%, train the same decoder in both modes with
 # the same data, steps and hyper-parameters, then evaluate. Results: docs/results.md. Every step is resumable.
-#   STEPS=150 DATA=overfill/data/distill-smollm2-135m.jsonl bash runs/cpu_smollm2_overfill_vs_pruned.sh
+#   STEPS=150 BATCH=8 DATA=overfill/data/distill-smollm2-135m.jsonl bash runs/cpu_smollm2_overfill_vs_pruned.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/out}
 STEPS=${STEPS:-150}
+BATCH=${BATCH:-8}
 DATA=${DATA:-overfill/data/distill-smollm2-135m.jsonl}
 BIN=.venv/bin/overfill
 mkdir -p "$OUT"
@@ -21,7 +22,7 @@ mkdir -p "$OUT"
 # 3) The same decoder trained both ways, same everything else.
 for mode in overfill pruned; do
   $BIN train --decoder "$OUT/half" --data "$DATA" --mode $mode --output "$OUT/$mode" --steps "$STEPS" \
-      --batch-size 8 --lr 2e-4 --save-every 25 --resume
+      --batch-size "$BATCH" --lr 2e-4 --save-every 10 --resume
 done
 
 # 4) Accuracy, agreement with the full model, TTFT/TPOT; the Pareto plot.
