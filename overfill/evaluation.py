@@ -13,7 +13,6 @@ the two outputs, averaged over tasks.
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import time
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
+from overfill.jsonl import read_jsonl
 from overfill.prompts import render_chat
 
 MATCH_TYPES = ("exact", "contains", "number")
@@ -45,14 +45,7 @@ class Task:
 
 def load_tasks(path: str | Path) -> list[Task]:
     tasks = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalTaskError(f"{where}: not valid JSON ({e.msg})") from e
+    for where, record in read_jsonl(path, EvalTaskError):
         if not isinstance(record.get("messages"), list) or not record["messages"]:
             raise EvalTaskError(f"{where}: needs a non-empty 'messages' list")
         if not isinstance(record.get("answer"), str) or record.get("match") not in MATCH_TYPES:

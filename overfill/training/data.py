@@ -9,10 +9,10 @@ dropped and counted. Errors name the line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from overfill.jsonl import read_jsonl
 from overfill.prompts import has_chat_template, render_chat
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -71,16 +71,7 @@ def load_dataset(path: str | Path, tokenizer, max_length: int = 1024) -> Dataset
         raise TrainingDataError("the model's tokenizer has no chat template; training data is conversations")
     eos_id = tokenizer.eos_token_id
     examples, dropped = [], 0
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainingDataError(f"{where}: not valid JSON ({e.msg})") from e
-        if not isinstance(record, dict):
-            raise TrainingDataError(f"{where}: expected a JSON object")
+    for where, record in read_jsonl(path, TrainingDataError):
         if record.get("truncated"):  # `make-data` answers cut off at max tokens would teach stopping mid-answer
             dropped += 1
             continue

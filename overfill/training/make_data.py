@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
+from overfill.jsonl import read_jsonl
 from overfill.prompts import render_chat
 from overfill.training.data import TrainingDataError, parse_messages
 
@@ -34,14 +35,8 @@ class MakeDataSpec:
 
 def read_prompts(path: str) -> list[list[dict]]:
     conversations = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            messages = parse_messages(json.loads(line), where)
-        except json.JSONDecodeError as e:
-            raise TrainingDataError(f"{where}: not valid JSON ({e.msg})") from e
+    for where, record in read_jsonl(path, TrainingDataError):
+        messages = parse_messages(record, where)
         if not messages or messages[-1]["role"] != "user":
             raise TrainingDataError(f"{where}: the last message must be the user's")
         conversations.append(messages)
