@@ -7,12 +7,14 @@ Backends: `grpc` (chunked streaming over the internal KV service), `inprocess` (
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from overfill.transport.leases import LeaseTable
 from overfill.transport.wire import KVLayout
 
 
@@ -35,20 +37,27 @@ class KVTicket:
 
 
 class KVSender(ABC):
-    """Prefill side. Built once per prefill replica."""
+    """Prefill side. Built once per prefill replica; a backend sets `leases` (where the KV waits) and `address`
+    (where pullers reach it) and says how to stop serving."""
 
-    @abstractmethod
+    leases: LeaseTable
+    address: str
+
     def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
         """Lease KV (k, v: [L, H, T, D], owned by the sender from now on) and return its ticket."""
+        lease = self.leases.put(request_id, k, v)
+        expires_at = time.time() + (lease.expires_at - self.leases.clock())  # monotonic expiry -> wall clock
+        return KVTicket(request_id, self.address, lease.layout, expires_at)
 
-    @abstractmethod
     def release(self, request_id: str) -> bool:
         """Free a lease now (e.g. the request was cancelled before anyone pulled)."""
+        return self.leases.release(request_id)
 
     @property
-    @abstractmethod
-    def num_leases(self) -> int: ...
+    def num_leases(self) -> int:
+        return len(self.leases)
 
+    @abstractmethod
     def close(self) -> None:
         """Stop serving; every lease is dropped."""
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-import time
 from concurrent import futures
 
 import grpc
-import torch
 
 from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
@@ -119,17 +117,6 @@ class GrpcKVSender(KVSender):
             expired = self.leases.expire()
             if expired:
                 log.warning("freed %d unclaimed KV lease(s) past their %.0f s lease", expired, self.leases.ttl_s)
-
-    def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
-        lease = self.leases.put(request_id, k, v)
-        return KVTicket(request_id, self.address, lease.layout, time.time() + (lease.expires_at - self.leases.clock()))
-
-    def release(self, request_id: str) -> bool:
-        return self.leases.release(request_id)
-
-    @property
-    def num_leases(self) -> int:
-        return len(self.leases)
 
     def close(self) -> None:
         self._stop.set()

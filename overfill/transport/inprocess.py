@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import time
 
-import torch
 
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseTable
@@ -20,17 +18,6 @@ class InProcessSender(KVSender):
         self.address = f"inprocess-{next(_names)}"
         self.leases = LeaseTable(lease_ttl_s)
         _TABLES[self.address] = self.leases
-
-    def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
-        self.leases.put(request_id, k, v)
-        return KVTicket(request_id, self.address, KVLayout.of(k), time.time() + self.leases.ttl_s)
-
-    def release(self, request_id: str) -> bool:
-        return self.leases.release(request_id)
-
-    @property
-    def num_leases(self) -> int:
-        return len(self.leases)
 
     def close(self) -> None:
         _TABLES.pop(self.address, None)
