@@ -2,28 +2,20 @@
 cancellation, lease expiry and error statuses. One cluster for the module."""
 
 import json
-import socket
 import threading
 import time
 
 import pytest
 import torch
 
-from overfill.build_decoder import PruneSpec, build_decoder
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
 from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
-from overfill.serving.config import load_config
-from tests.tiny import CORPUS, save_tiny
+from tests.service_helpers import assert_no_kv_left as assert_no_kv_left_in
+from tests.service_helpers import build_tiny_models, tiny_service_config, wait_for
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +25,12 @@ def service(tmp_path_factory):
     from services.app import start_service, stop_service
 
     root = tmp_path_factory.mktemp("service")
-    full_dir = save_tiny(root / "full", arch="llama")
-    calibration = root / "cal.jsonl"
-    calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    build_decoder(PruneSpec(str(full_dir), 48, 64, output=root / "decoder", calibration=calibration), progress=False)
-    port = free_port()
-    config = load_config(None, [
-        f"models.full={full_dir}", f"models.decoder={root / 'decoder'}", f"server.grpc_port={port}",
-        f"server.http_port={free_port()}", f"server.metrics_port={free_port()}", "server.max_context_tokens=256", "server.max_tokens_limit=64",
-        "server.default_max_tokens=16", f"kv.lease_ttl_s={LEASE_TTL_S}", "decode.num_slots=4", "decode.max_waiting=16",
-        "prefill.num_cpus=0.25", "decode.num_cpus=0.25", "server.num_cpus=0.25",
-    ])
+    full_dir, decoder_dir = build_tiny_models(root)
+    config = tiny_service_config(full_dir, decoder_dir, f"kv.lease_ttl_s={LEASE_TTL_S}")
     config = start_service(config, ray_init_kwargs={"num_cpus": 2})
     handles = {name: serve.get_deployment_handle(name, config.server.app_name) for name in ("prefill", "decode")}
-    engine = load_engine(str(full_dir), str(root / "decoder"), ["overfill"])
-    yield {"address": f"127.0.0.1:{port}", "config": config, "handles": handles, "engine": engine}
+    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
+    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "handles": handles, "engine": engine}
     stop_service()
 
 
@@ -55,18 +38,8 @@ def stats(service, pool):
     return service["handles"][pool].stats.remote().result()
 
 
-def wait_for(condition, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def assert_no_kv_left(service):
-    assert wait_for(lambda: stats(service, "prefill")["num_leases"] == 0), stats(service, "prefill")
-    assert wait_for(lambda: stats(service, "decode")["num_free_slots"] == 4), stats(service, "decode")
+    assert_no_kv_left_in(service["config"])
 
 
 def in_process(service, prompt: str, max_tokens: int) -> list[int]:

@@ -1,0 +1,61 @@
+"""Shared by the tests that start the service on a local Ray cluster: tiny models on disk, a config with free ports,
+waiting for a condition, and the leak check every service test ends with."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from overfill.build_decoder import PruneSpec, build_decoder
+from overfill.serving.config import ServiceConfig, load_config
+from tests.tiny import CORPUS, save_tiny
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_tiny_models(root: Path) -> tuple[Path, Path]:
+    """A tiny Llama full model and its decoder pruned to hidden 48, MLP 64. Returns (full_dir, decoder_dir)."""
+    full_dir = save_tiny(root / "full", arch="llama")
+    calibration = root / "cal.jsonl"
+    calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    build_decoder(PruneSpec(str(full_dir), 48, 64, output=root / "decoder", calibration=calibration), progress=False)
+    return full_dir, root / "decoder"
+
+
+def tiny_service_config(full_dir: Path, decoder_dir: Path, *overrides: str) -> ServiceConfig:
+    """Small limits, a quarter CPU per replica and free ports; later overrides win."""
+    return load_config(None, [
+        f"models.full={full_dir}", f"models.decoder={decoder_dir}", f"server.grpc_port={free_port()}",
+        f"server.http_port={free_port()}", f"server.metrics_port={free_port()}", "server.max_context_tokens=256",
+        "server.max_tokens_limit=64", "server.default_max_tokens=16", "decode.num_slots=4", "decode.max_waiting=16",
+        "prefill.num_cpus=0.25", "decode.num_cpus=0.25", "server.num_cpus=0.25", *overrides,
+    ])
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def pool_stats(config: ServiceConfig, pool: str) -> dict:
+    """One replica's own accounting (`stats()`): leases for prefill, free slots for decode."""
+    from ray import serve
+
+    return serve.get_deployment_handle(pool, config.server.app_name).stats.remote().result()
+
+
+def assert_no_kv_left(config: ServiceConfig, timeout_s: float = 10.0) -> None:
+    """No lease held by prefill and every decode slot free (the replicas' own accounting)."""
+    assert wait_for(lambda: pool_stats(config, "prefill")["num_leases"] == 0, timeout_s), pool_stats(config, "prefill")
+    assert wait_for(lambda: pool_stats(config, "decode")["num_free_slots"] == config.decode.num_slots, timeout_s), \
+        pool_stats(config, "decode")
