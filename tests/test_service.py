@@ -2,7 +2,6 @@
 cancellation, lease expiry and error statuses. One cluster for the module."""
 
 import json
-import threading
 import time
 
 import pytest
