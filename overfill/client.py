@@ -71,8 +71,12 @@ class OverFillClient:
             raise OverFillError.of(e) from e
 
     def health(self) -> str:
+        return self.health_report().status
+
+    def health_report(self) -> pb.HealthResponse:
+        """Status and running replicas per deployment (router, prefill, decode)."""
         try:
-            return self.stub.Health(pb.HealthRequest(), timeout=10, metadata=self.metadata).status
+            return self.stub.Health(pb.HealthRequest(), timeout=10, metadata=self.metadata)
         except grpc.RpcError as e:
             raise OverFillError.of(e) from e
 

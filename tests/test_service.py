@@ -129,6 +129,7 @@ def test_bad_input_gets_its_status_and_the_service_keeps_serving(service, kwargs
 def test_health_and_model_info(service):
     with OverFillClient(service["address"]) as client:
         assert client.health() == "SERVING"
+        assert dict(client.health_report().replicas) == {"router": 1, "prefill": 1, "decode": 1}
         info = client.model_info()
     assert info.full_hidden_size == 64 and info.decoder_hidden_size == 48
     assert info.geometry.num_layers == 3 and info.geometry.num_kv_heads == 2 and info.max_tokens_limit == 64

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coverfill/v1/generation.proto\x12\x0boverfill.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.overfill.v1.ChatMessage\"\xf1\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x19.overfill.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x07\n\x05inputB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\"\x81\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x86\x01\n\x15GenerateUnaryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x0f\n\rHealthRequest\" \n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\"\x12\n\x10ModelInfoRequest\"w\n\x08Geometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x1b\n\x13num_attention_heads\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\"\xd5\x02\n\x11ModelInfoResponse\x12\x12\n\nfull_model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\x12\x17\n\x0f\x66ull_parameters\x18\x03 \x01(\x04\x12\x1a\n\x12\x64\x65\x63oder_parameters\x18\x04 \x01(\x04\x12\x18\n\x10\x66ull_hidden_size\x18\x05 \x01(\r\x12\x1b\n\x13\x64\x65\x63oder_hidden_size\x18\x06 \x01(\r\x12\x1e\n\x16\x66ull_intermediate_size\x18\x07 \x01(\r\x12!\n\x19\x64\x65\x63oder_intermediate_size\x18\x08 \x01(\r\x12\'\n\x08geometry\x18\t \x01(\x0b\x32\x15.overfill.v1.Geometry\x12\x1a\n\x12max_context_tokens\x18\n \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t2\xbc\x02\n\nGeneration\x12I\n\x08Generate\x12\x1c.overfill.v1.GenerateRequest\x1a\x1d.overfill.v1.GenerateResponse0\x01\x12Q\n\rGenerateUnary\x12\x1c.overfill.v1.GenerateRequest\x1a\".overfill.v1.GenerateUnaryResponse\x12\x41\n\x06Health\x12\x1a.overfill.v1.HealthRequest\x1a\x1b.overfill.v1.HealthResponse\x12M\n\x0cGetModelInfo\x12\x1d.overfill.v1.ModelInfoRequest\x1a\x1e.overfill.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coverfill/v1/generation.proto\x12\x0boverfill.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.overfill.v1.ChatMessage\"\xf1\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x19.overfill.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x07\n\x05inputB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\"\x81\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x86\x01\n\x15GenerateUnaryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x0f\n\rHealthRequest\"\x8e\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12;\n\x08replicas\x18\x02 \x03(\x0b\x32).overfill.v1.HealthResponse.ReplicasEntry\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x12\n\x10ModelInfoRequest\"w\n\x08Geometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x1b\n\x13num_attention_heads\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\"\xd5\x02\n\x11ModelInfoResponse\x12\x12\n\nfull_model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\x12\x17\n\x0f\x66ull_parameters\x18\x03 \x01(\x04\x12\x1a\n\x12\x64\x65\x63oder_parameters\x18\x04 \x01(\x04\x12\x18\n\x10\x66ull_hidden_size\x18\x05 \x01(\r\x12\x1b\n\x13\x64\x65\x63oder_hidden_size\x18\x06 \x01(\r\x12\x1e\n\x16\x66ull_intermediate_size\x18\x07 \x01(\r\x12!\n\x19\x64\x65\x63oder_intermediate_size\x18\x08 \x01(\r\x12\'\n\x08geometry\x18\t \x01(\x0b\x32\x15.overfill.v1.Geometry\x12\x1a\n\x12max_context_tokens\x18\n \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t2\xbc\x02\n\nGeneration\x12I\n\x08Generate\x12\x1c.overfill.v1.GenerateRequest\x1a\x1d.overfill.v1.GenerateResponse0\x01\x12Q\n\rGenerateUnary\x12\x1c.overfill.v1.GenerateRequest\x1a\".overfill.v1.GenerateUnaryResponse\x12\x41\n\x06Health\x12\x1a.overfill.v1.HealthRequest\x1a\x1b.overfill.v1.HealthResponse\x12M\n\x0cGetModelInfo\x12\x1d.overfill.v1.ModelInfoRequest\x1a\x1e.overfill.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'overfill.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._loaded_options = None
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_options = b'8\001'
   _globals['_CHATMESSAGE']._serialized_start=45
   _globals['_CHATMESSAGE']._serialized_end=89
   _globals['_CHATMESSAGES']._serialized_start=91
@@ -45,14 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEUNARYRESPONSE']._serialized_end=775
   _globals['_HEALTHREQUEST']._serialized_start=777
   _globals['_HEALTHREQUEST']._serialized_end=792
-  _globals['_HEALTHRESPONSE']._serialized_start=794
-  _globals['_HEALTHRESPONSE']._serialized_end=826
-  _globals['_MODELINFOREQUEST']._serialized_start=828
-  _globals['_MODELINFOREQUEST']._serialized_end=846
-  _globals['_GEOMETRY']._serialized_start=848
-  _globals['_GEOMETRY']._serialized_end=967
-  _globals['_MODELINFORESPONSE']._serialized_start=970
-  _globals['_MODELINFORESPONSE']._serialized_end=1311
-  _globals['_GENERATION']._serialized_start=1314
-  _globals['_GENERATION']._serialized_end=1630
+  _globals['_HEALTHRESPONSE']._serialized_start=795
+  _globals['_HEALTHRESPONSE']._serialized_end=937
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_start=890
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_end=937
+  _globals['_MODELINFOREQUEST']._serialized_start=939
+  _globals['_MODELINFOREQUEST']._serialized_end=957
+  _globals['_GEOMETRY']._serialized_start=959
+  _globals['_GEOMETRY']._serialized_end=1078
+  _globals['_MODELINFORESPONSE']._serialized_start=1081
+  _globals['_MODELINFORESPONSE']._serialized_end=1422
+  _globals['_GENERATION']._serialized_start=1425
+  _globals['_GENERATION']._serialized_end=1741
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import Limits, StopStringMatcher, validate_request
 from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
+from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class GenerationRouter:
 
         self.config, self.prefill, self.decode = config, prefill, decode
         self.metrics = RouterMetrics()
+        self.replica_counts = ReplicaCounts(config.server.app_name)
         self.num_running = 0
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -88,11 +90,12 @@ class GenerationRouter:
                                         usage=last.usage, request_id=last.request_id)
 
     async def Health(self, request: pb.HealthRequest, grpc_context: RayServegRPCContext) -> pb.HealthResponse:
+        replicas = await self.replica_counts.get()
         try:
             await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()), 5.0)
-            return pb.HealthResponse(status="SERVING")
+            return pb.HealthResponse(status="SERVING", replicas=replicas)
         except Exception:  # noqa: BLE001  no healthy replica in a pool
-            return pb.HealthResponse(status="NOT_SERVING")
+            return pb.HealthResponse(status="NOT_SERVING", replicas=replicas)
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, grpc_context: RayServegRPCContext):
         return self.model_info
