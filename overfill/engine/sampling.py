@@ -52,7 +52,9 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
     """logits: [V]."""
-    probs = torch.softmax(logits / p.temperature, dim=-1)
+    # Shifted so the largest logit is 0 first: a tiny temperature (1e-40 is valid) then sends the others to -inf,
+    # never +inf, and softmax stays a distribution (unshifted, inf - inf made NaN and the whole batch failed).
+    probs = torch.softmax((logits - logits.max()) / p.temperature, dim=-1)
     if p.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).

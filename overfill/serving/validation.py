@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from overfill.engine.sampling import SamplingParams
 from overfill.prompts import has_chat_template, render_chat
+from overfill.request_parsing import UnparsableRequest
 from overfill.serving.types import ServiceError
 
 MAX_STOP_STRINGS = 8
@@ -43,7 +44,9 @@ def _invalid(message: str) -> ServiceError:
 
 
 def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
-    """request: an overfill.v1.GenerateRequest."""
+    """request: an overfill.v1.GenerateRequest, or the UnparsableRequest its bytes became (invalid UTF-8 ...)."""
+    if isinstance(request, UnparsableRequest):
+        raise _invalid(request.message)
     # 1) Identity.
     request_id = request.request_id or uuid.uuid4().hex
     if not REQUEST_ID.fullmatch(request_id):

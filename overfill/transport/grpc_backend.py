@@ -7,18 +7,22 @@ carries the cluster secret in metadata and is refused with UNAUTHENTICATED witho
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import threading
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from overfill.request_parsing import UnparsableRequest, lenient_parser
 from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseTable
 from overfill.transport.wire import (
     DEFAULT_CHUNK_BYTES,
+    DTYPES,
     KVAssembler,
     KVLayout,
     KVWireError,
@@ -53,17 +57,25 @@ class _KVTransferServicer:
     def __init__(self, leases: LeaseTable, secret: str, chunk_bytes: int):
         self.leases, self.secret, self.chunk_bytes = leases, secret.encode(), chunk_bytes
 
-    def _authenticate(self, context: grpc.ServicerContext) -> None:
+    def _authenticate(self, context: grpc.ServicerContext, request=None) -> None:
+        """The secret first (a caller without it learns nothing, not even that its bytes were malformed), then the
+        request's bytes if given (lenient_parser: what protobuf refused is INVALID_ARGUMENT, not grpcio's
+        INTERNAL)."""
         sent = dict(context.invocation_metadata()).get(SECRET_METADATA_KEY, "")
         if not hmac.compare_digest(sent.encode(), self.secret):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong KV service secret")
+        if isinstance(request, UnparsableRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
     def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext):
-        self._authenticate(context)
+        self._authenticate(context, request)
         lease = self.leases.get(request.request_id)
-        if lease is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"no KV lease for request {request.request_id!r} (never made, released or expired)")
+        if lease is None:  # the id is echoed cut short: status details must fit gRPC's 8 KiB of trailers
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no KV lease for request {request.request_id[:200]!r} "
+                                                     "(never made, released or expired)")
+        if request.expected_dtype not in DTYPES:  # echoed cut short, as above
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected_dtype must be one of {', '.join(DTYPES)}, "
+                                                            f"got {request.expected_dtype[:40]!r}")
         layout = lease.layout
         expected = _layout(request.expected_geometry, request.expected_dtype, 0)
         problem = layout_mismatch(layout, expected)
@@ -76,7 +88,7 @@ class _KVTransferServicer:
             yield encode_chunk_message(chunk)  # already serialized: see chunk_codec
 
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:
-        self._authenticate(context)
+        self._authenticate(context, request)
         return pb.ReleaseResponse(released=self.leases.release(request.request_id))
 
 
@@ -95,9 +107,9 @@ class GrpcKVSender(KVSender):
         servicer = _KVTransferServicer(self.leases, secret, chunk_bytes)
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Pull": grpc.unary_stream_rpc_method_handler(
-                servicer.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=_identity),
+                servicer.Pull, request_deserializer=lenient_parser(pb.PullRequest), response_serializer=_identity),
             "Release": grpc.unary_unary_rpc_method_handler(
-                servicer.Release, request_deserializer=pb.ReleaseRequest.FromString,
+                servicer.Release, request_deserializer=lenient_parser(pb.ReleaseRequest),
                 response_serializer=pb.ReleaseResponse.SerializeToString),
         })])
         port = self.server.add_insecure_port(bind_address)
@@ -149,13 +161,22 @@ class GrpcKVReceiver(KVReceiver):
     def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0):
         request = pb.PullRequest(request_id=ticket.request_id, expected_geometry=_geometry(expected),
                                  expected_dtype=expected.dtype)
+        if not expected.num_tokens:  # the ticket says how many tokens were leased: a header may claim no more
+            expected = dataclasses.replace(expected, num_tokens=ticket.layout.num_tokens)
         assembler = None
+        call = self._stub(ticket.address)[1](request, metadata=self.metadata, timeout=timeout_s)
         try:
-            for raw in self._stub(ticket.address)[1](request, metadata=self.metadata, timeout=timeout_s):
+            for raw in call:
                 if is_header_message(raw):
                     if assembler is not None:
                         raise KVWireError("KV stream sent a second header")
-                    h = pb.KVMessage.FromString(raw).header
+                    try:
+                        h = pb.KVMessage.FromString(raw).header
+                    except DecodeError as e:
+                        raise KVWireError(f"malformed KV header: {e}") from e
+                    if h.request_id != ticket.request_id:
+                        raise KVWireError(f"KV header is for request {h.request_id[:200]!r}, "
+                                          f"not {ticket.request_id!r}")
                     assembler = KVAssembler(expected, _layout(h.geometry, h.dtype, h.num_tokens), h.total_bytes)
                 elif assembler is None:
                     raise KVWireError("KV stream sent a chunk before its header")
@@ -167,6 +188,7 @@ class GrpcKVReceiver(KVReceiver):
         except grpc.RpcError as e:
             raise KVTransferError(e.code().name, e.details() or "KV pull failed") from e
         except KVWireError as e:
+            call.cancel()  # stop the rest of a stream we refuse
             raise KVTransferError("DATA_LOSS", str(e)) from e
         if assembler is None:
             raise KVTransferError("DATA_LOSS", "KV stream ended without a header")

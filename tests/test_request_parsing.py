@@ -1,0 +1,95 @@
+"""Request bytes protobuf refuses become an UnparsableRequest naming the field (INVALID_ARGUMENT, not UNKNOWN), and
+values at the edge of what validation accepts do not break sampling."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overfill.engine.sampling import SamplingParams, sample
+from overfill.request_parsing import UnparsableRequest, lenient_parser
+from overfill.serving.types import ServiceError
+from overfill.serving.validation import Limits, validate_request
+from overfill.v1 import generation_pb2 as pb
+from overfill.v1 import kv_transfer_pb2 as kv_pb
+
+parse = lenient_parser(pb.GenerateRequest)
+
+
+def with_bytes(request: pb.GenerateRequest, placeholder: str, raw: bytes) -> bytes:
+    """The serialized request with a placeholder's UTF-8 bytes replaced by `raw` (same length keeps framing)."""
+    encoded = request.SerializeToString()
+    assert encoded.count(placeholder.encode()) == 1 and len(raw) == len(placeholder.encode())
+    return encoded.replace(placeholder.encode(), raw)
+
+
+@pytest.mark.parametrize("request_, placeholder, field", [
+    (pb.GenerateRequest(prompt="hi", stop=["ok", "@@"]), "@@", "stop[1]"),
+    (pb.GenerateRequest(prompt="@@"), "@@", "prompt"),
+    (pb.GenerateRequest(prompt="hi", request_id="@@"), "@@", "request_id"),
+    (pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="a"),
+                                                       pb.ChatMessage(role="user", content="@@")])), "@@",
+     "chat.messages[1].content"),
+    (pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="@@", content="a")])), "@@",
+     "chat.messages[0].role"),
+])
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"\xc3\x28", b"\xed\xa0"])  # bad start, bad continuation, surrogate
+def test_invalid_utf8_is_named_by_field(request_, placeholder, field, raw):
+    parsed = parse(with_bytes(request_, placeholder, raw))
+    assert parsed == UnparsableRequest("overfill.v1.GenerateRequest", f"{field} is not valid UTF-8")
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\x0a\x05hi", "prompt is truncated (declares 5 bytes, 2 left)"),
+    (b"\x3a", "stop[0] is truncated"),
+    (b"\x18\xff", "max_tokens is truncated"),
+    (b"\x25\x00\x00", "temperature is truncated"),
+    (b"\x0f", "prompt has wire type 7, which is not valid protobuf"),
+    (b"\x00", "the request: field number 0 is not valid protobuf"),
+    (b"\x18" + b"\xff" * 11, "max_tokens holds a varint longer than 10 bytes"),
+    (b"\x12\x04\x0a\x02\x0a\x09", "chat.messages[0].role is truncated (declares 9 bytes, 0 left)"),
+])
+def test_malformed_frames_are_named(raw, message):
+    assert parse(raw) == UnparsableRequest("overfill.v1.GenerateRequest", message)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(raw=st.one_of(st.binary(max_size=64),
+                     st.builds(lambda r, cut: r[:cut], st.just(pb.GenerateRequest(
+                         chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="x")]), stop=["a"],
+                         temperature=0.5, seed=3, request_id="r").SerializeToString()), st.integers(0, 40))))
+def test_lenient_parser_never_raises_and_agrees_with_protobuf(raw):
+    for message_class in (pb.GenerateRequest, pb.HealthRequest, kv_pb.PullRequest):
+        parsed = lenient_parser(message_class)(raw)
+        try:
+            expected = message_class.FromString(raw)
+        except Exception:  # noqa: BLE001
+            assert isinstance(parsed, UnparsableRequest) and parsed.message
+        else:
+            assert parsed == expected
+
+
+def test_validate_request_refuses_unparsable_requests_as_invalid_argument():
+    limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8)
+    with pytest.raises(ServiceError) as error:
+        validate_request(UnparsableRequest("overfill.v1.GenerateRequest", "stop[0] is not valid UTF-8"), None, limits)
+    assert (error.value.code, error.value.message) == ("INVALID_ARGUMENT", "stop[0] is not valid UTF-8")
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 1e-38, 1e-30])
+def test_tiny_temperatures_sample_the_argmax_instead_of_failing_the_batch(temperature):
+    """A float32 temperature just above 0 passes validation; dividing logits by it once made inf - inf = NaN
+    probabilities and torch.multinomial failed the whole prefill or decode batch."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 20  # [B, V]
+    params = [SamplingParams(temperature=temperature), SamplingParams(), SamplingParams(temperature=0.7, top_p=1e-45)]
+    tokens = sample(logits, params, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert tokens == logits.argmax(-1).tolist()
+
+
+def test_ordinary_temperatures_still_sample_their_distribution():
+    logits = torch.tensor([0.0, math.log(3.0)])  # p = [0.25, 0.75] at temperature 1
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample(logits[None], [SamplingParams(temperature=1.0)], [generator])[0] for _ in range(4000)]
+    assert abs(sum(draws) / len(draws) - 0.75) < 0.03
