@@ -40,11 +40,20 @@ def build_app(config: ServiceConfig):
     return router.bind(config, prefill.bind(config), decode.bind(config))
 
 
+def actor_options(pool) -> dict:
+    """A pool replica's Ray actor options: its CPUs and GPUs (whole GPUs give each replica its own), and the
+    accelerator type when the config names one."""
+    options = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
+    if pool.accelerator_type:
+        options["accelerator_type"] = pool.accelerator_type
+    return options
+
+
 def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
     """A pool's deployment: its replicas and resources, and its request router fed by `record_routing_stats`."""
     return serve.deployment(server_class).options(
         name=name, num_replicas=pool.num_replicas,
-        ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
+        ray_actor_options=actor_options(pool),
         max_ongoing_requests=max_ongoing,
         request_router_config=RequestRouterConfig(request_router_class=router_class,
                                                   request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),

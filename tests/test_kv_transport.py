@@ -171,7 +171,7 @@ def test_grpc_unclaimed_lease_expires():
 def test_sender_needs_a_secret_and_unknown_transport_is_named():
     with pytest.raises(ValueError, match="shared secret"):
         make_sender("grpc", secret="")
-    with pytest.raises(ValueError, match="transport 'carrier-pigeon' is not one of: grpc, inprocess"):
+    with pytest.raises(ValueError, match="transport 'carrier-pigeon' is not one of: gloo, grpc, inprocess, nccl"):
         make_sender("carrier-pigeon")
 
 

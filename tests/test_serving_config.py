@@ -23,7 +23,12 @@ def test_yaml_and_overrides_map_onto_the_dataclasses(tmp_path):
     ("decode:\n  num_slots: two\n", [], "decode.num_slots must be int, got 'two'"),
     ("", ["server.grpc_port=70000"], r"server.grpc_port = 70000 is invalid: must be in \[1, 65535\]"),
     ("", ["models.dtype=int4"], "models.dtype = 'int4' is invalid"),
-    ("", ["kv.transport=carrier"], "kv.transport = 'carrier' is invalid: must be one of grpc, inprocess"),
+    ("", ["kv.transport=carrier"], "kv.transport = 'carrier' is invalid: must be one of grpc, nccl, gloo, inprocess"),
+    ("", ["kv.transport=nccl"], "kv.transport = 'nccl' is invalid: must be grpc or gloo unless models.device is cuda"),
+    ("", ["kv.transport=nccl", "models.device=cuda", "decode.num_gpus=1"],
+     r"prefill.num_gpus = 0.0 is invalid: must be >= 1 with kv.transport nccl"),
+    ("", ["decode.accelerator_type=H100"], "decode.accelerator_type = 'H100' is invalid: .* with num_gpus > 0"),
+    ("", ["kv.transfer_timeout_s=0"], r"kv.transfer_timeout_s = 0.0 is invalid: must be > 0"),
     ("", ["nodot=1"], "section.field=value"),
     ("gpu: {}\n", [], "unknown field gpu"),
 ])

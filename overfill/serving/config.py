@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import types
 import typing
@@ -16,6 +17,9 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the field."""
+
+
+KV_TRANSPORTS = ("grpc", "nccl", "gloo", "inprocess")  # overfill.transport backends (inprocess: tests only)
 
 
 @dataclass
@@ -30,8 +34,9 @@ class ModelsConfig:
 class PoolResources:
     num_replicas: int = 1
     num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_gpus: float = 0.0                 # GPUs per replica (Ray actor option); whole GPUs keep pools apart
     torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
+    accelerator_type: str | None = None   # Ray accelerator type for the replicas (e.g. H100, A100, L4); needs num_gpus
 
 
 @dataclass
@@ -49,11 +54,12 @@ class DecodePoolConfig(PoolResources):
 
 @dataclass
 class KVConfig:
-    transport: str = "grpc"               # grpc (inprocess exists for tests only)
+    transport: str = "grpc"               # grpc, nccl (GPU, P and D on separate GPUs), gloo (CPU); inprocess: tests
     lease_ttl_s: float = 30.0             # an unclaimed prefill KV is freed after this
     bind_host: str = "127.0.0.1"          # cluster-internal address the KV service listens on
     secret: str = ""                      # shared secret; empty: $OVERFILL_KV_SECRET, else a random one per start
     chunk_bytes: int = 2 << 20
+    transfer_timeout_s: float = 30.0      # a KV pull (or a process-group send/receive) slower than this: UNAVAILABLE
 
 
 @dataclass
@@ -83,7 +89,10 @@ class ServiceConfig:
             ("models.dtype", self.models.dtype in ("auto", "float32", "bfloat16", "float16"),
              "one of auto, float32, bfloat16, float16"),
             ("models.device", self.models.device == "cpu" or self.models.device.startswith("cuda"), "cpu or cuda[:N]"),
-            ("kv.transport", self.kv.transport in ("grpc", "inprocess"), "one of grpc, inprocess"),
+            ("kv.transport", self.kv.transport in KV_TRANSPORTS, f"one of {', '.join(KV_TRANSPORTS)}"),
+            ("kv.transport", self.kv.transport != "nccl" or self.models.device.startswith("cuda"),
+             "grpc or gloo unless models.device is cuda (nccl moves KV from GPU to GPU)"),
+            ("kv.transfer_timeout_s", self.kv.transfer_timeout_s > 0, "> 0"),
             ("kv.lease_ttl_s", self.kv.lease_ttl_s > 0, "> 0"),
             ("kv.chunk_bytes", 0 < self.kv.chunk_bytes <= 2 << 20, "in (0, 2097152]"),
             ("server.grpc_port", 0 < self.server.grpc_port < 65536, "in [1, 65535]"),
@@ -105,6 +114,12 @@ class ServiceConfig:
             checks.append((f"{pool}.num_cpus", getattr(self, pool).num_cpus >= 0, ">= 0"))
         for pool in ("prefill", "decode"):
             checks.append((f"{pool}.num_gpus", getattr(self, pool).num_gpus >= 0, ">= 0"))
+            checks.append((f"{pool}.num_gpus", self.kv.transport != "nccl" or getattr(self, pool).num_gpus >= 1,
+                           ">= 1 with kv.transport nccl (NCCL needs the two replicas of a pair on different GPUs)"))
+            accelerator = getattr(self, pool).accelerator_type
+            checks.append((f"{pool}.accelerator_type", accelerator is None or (
+                re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", accelerator) is not None
+                and getattr(self, pool).num_gpus > 0), "a Ray accelerator type name (e.g. H100) with num_gpus > 0"))
             checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = every core)"))
         for name, ok, allowed in checks:
             if not ok:

@@ -2,7 +2,9 @@
 
 Prefill side (`KVSender`): holds a finished prefill's KV under a lease and hands out a ticket saying where to pull it.
 Decode side (`KVReceiver`): pulls the KV a ticket names, then releases the lease so prefill frees it.
-Backends: `grpc` (chunked streaming over the internal KV service), `inprocess` (tests: both roles in one process).
+Backends: `grpc` (chunked streaming over the internal KV service), `nccl` and `gloo` (metadata over the KV service,
+bytes over a 2-rank process group per replica pair: process_group_backend.py), `inprocess` (tests: both roles in one
+process).
 """
 
 from __future__ import annotations
@@ -44,8 +46,14 @@ class KVSender(ABC):
     address: str
 
     def publish(self, request_id: str, k: torch.Tensor, v: torch.Tensor) -> KVTicket:
-        """Lease KV (k, v: [L, H, T, D], owned by the sender from now on) and return its ticket."""
-        lease = self.leases.put(request_id, k, v)
+        """Lease KV (k, v: [L, H, T, D], owned by the sender from now on) and return its ticket. Called on the
+        thread that wrote k and v; on CUDA an event marks where they are complete on its stream, for senders that
+        read them on a stream of their own."""
+        ready = None
+        if k.is_cuda:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(k.device))
+        lease = self.leases.put(request_id, k, v, ready=ready)
         expires_at = time.time() + (lease.expires_at - self.leases.clock())  # monotonic expiry -> wall clock
         return KVTicket(request_id, self.address, lease.layout, expires_at)
 
@@ -74,6 +82,10 @@ class KVReceiver(ABC):
     def release(self, ticket: KVTicket) -> bool:
         """Acknowledge: the prefill side frees the lease."""
 
+    def stats(self) -> dict:
+        """Backend counters for the replica's stats (empty unless the backend keeps some)."""
+        return {}
+
     def close(self) -> None:
         """Close connections."""
 
@@ -87,7 +99,7 @@ def register_backend(name: str, sender: Callable[..., KVSender], receiver: Calla
 
 
 def _lookup(table: dict, name: str):
-    from overfill.transport import grpc_backend, inprocess  # noqa: F401  (registers the built-in backends)
+    from overfill.transport import grpc_backend, inprocess, process_group_backend  # noqa: F401  (registers them)
 
     if name not in table:
         raise ValueError(f"transport {name!r} is not one of: {', '.join(sorted(table))}")

@@ -97,7 +97,7 @@ class GrpcKVSender(KVSender):
 
     def __init__(self, secret: str, bind_address: str = "127.0.0.1:0", advertise_host: str | None = None,
                  lease_ttl_s: float = 30.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_workers: int = 8,
-                 expiry_interval_s: float = 1.0):
+                 expiry_interval_s: float = 1.0, **_):
         if not secret:
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES // 2:
@@ -111,6 +111,7 @@ class GrpcKVSender(KVSender):
             "Release": grpc.unary_unary_rpc_method_handler(
                 servicer.Release, request_deserializer=lenient_parser(pb.ReleaseRequest),
                 response_serializer=pb.ReleaseResponse.SerializeToString),
+            **self._extra_handlers(servicer),
         })])
         port = self.server.add_insecure_port(bind_address)
         if port == 0:
@@ -123,6 +124,10 @@ class GrpcKVSender(KVSender):
                                         name="kv-lease-expiry")
         self._expiry.start()
         log.info("KV service listening on %s", self.address)
+
+    def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
+        """More KVTransfer methods, for backends that move the bytes elsewhere (process_group_backend.py)."""
+        return {}
 
     def _expire_loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):

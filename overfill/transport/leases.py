@@ -23,6 +23,7 @@ class Lease:
     k: torch.Tensor  # [L, H, T, D]
     v: torch.Tensor  # [L, H, T, D]
     expires_at: float
+    ready: torch.cuda.Event | None = None  # CUDA: recorded after k and v were written (None on CPU)
 
     @property
     def layout(self) -> KVLayout:
@@ -44,9 +45,11 @@ class LeaseTable:
         self.num_expired = 0   # leases freed because nobody released them in time
         self.num_released = 0
 
-    def put(self, request_id: str, k: torch.Tensor, v: torch.Tensor, ttl_s: float | None = None) -> Lease:
-        """Hold KV (k, v: [L, H, T, D]) for `request_id`; returns the lease with its expiry (monotonic clock)."""
-        lease = Lease(request_id, k, v, self.clock() + (ttl_s or self.ttl_s))
+    def put(self, request_id: str, k: torch.Tensor, v: torch.Tensor, ttl_s: float | None = None,
+            ready: torch.cuda.Event | None = None) -> Lease:
+        """Hold KV (k, v: [L, H, T, D]) for `request_id`; returns the lease with its expiry (monotonic clock).
+        `ready`: for CUDA tensors, an event a reader on another stream waits on before reading them."""
+        lease = Lease(request_id, k, v, self.clock() + (ttl_s or self.ttl_s), ready)
         with self._lock:
             if request_id in self._leases:
                 raise KeyError(f"a KV lease for request {request_id!r} already exists")

@@ -84,19 +84,24 @@ def encode_chunks(k: torch.Tensor, v: torch.Tensor, chunk_bytes: int = DEFAULT_C
             yield Chunk(kind, offset, raw[offset:offset + chunk_bytes])
 
 
+def check_header(expected: KVLayout | None, header: KVLayout, total_bytes: int) -> None:
+    """Raise KVWireError unless a sender's header matches what the receiver expects and describes real bytes."""
+    problem = layout_mismatch(header, expected) if expected is not None else None
+    if problem:
+        raise KVWireError(f"KV header: {problem}")
+    if header.dtype not in DTYPES:
+        raise KVWireError(f"KV header dtype {header.dtype!r} is not one of {', '.join(DTYPES)}")
+    if min(header.num_layers, header.num_kv_heads, header.head_dim, header.num_tokens) <= 0:
+        raise KVWireError(f"KV header has an empty dimension: {header}")
+    if total_bytes != header.total_bytes:
+        raise KVWireError(f"KV header total_bytes={total_bytes}, but its geometry makes {header.total_bytes}")
+
+
 class KVAssembler:
     """Receiver side: check the header against the expected layout, then fill preallocated K/V from chunks."""
 
     def __init__(self, expected: KVLayout | None, header: KVLayout, total_bytes: int):
-        problem = layout_mismatch(header, expected) if expected is not None else None
-        if problem:
-            raise KVWireError(f"KV header: {problem}")
-        if header.dtype not in DTYPES:
-            raise KVWireError(f"KV header dtype {header.dtype!r} is not one of {', '.join(DTYPES)}")
-        if min(header.num_layers, header.num_kv_heads, header.head_dim, header.num_tokens) <= 0:
-            raise KVWireError(f"KV header has an empty dimension: {header}")
-        if total_bytes != header.total_bytes:
-            raise KVWireError(f"KV header total_bytes={total_bytes}, but its geometry makes {header.total_bytes}")
+        check_header(expected, header, total_bytes)
         self.layout = header
         shape = (header.num_layers, header.num_kv_heads, header.num_tokens, header.head_dim)
         self.k = torch.empty(shape, dtype=DTYPES[header.dtype])  # [L, H, T, D]

@@ -75,3 +75,31 @@ class ReleaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class OpenGroupRequest(_message.Message):
+    __slots__ = ("receiver_id", "backend")
+    RECEIVER_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    receiver_id: str
+    backend: str
+    def __init__(self, receiver_id: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class OpenGroupResponse(_message.Message):
+    __slots__ = ("group_id", "store_address")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    store_address: str
+    def __init__(self, group_id: _Optional[str] = ..., store_address: _Optional[str] = ...) -> None: ...
+
+class SendRequest(_message.Message):
+    __slots__ = ("request_id", "expected_geometry", "expected_dtype", "group_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    expected_geometry: KVGeometry
+    expected_dtype: str
+    group_id: str
+    def __init__(self, request_id: _Optional[str] = ..., expected_geometry: _Optional[_Union[KVGeometry, _Mapping]] = ..., expected_dtype: _Optional[str] = ..., group_id: _Optional[str] = ...) -> None: ...

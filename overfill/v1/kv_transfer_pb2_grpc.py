@@ -44,6 +44,16 @@ class KVTransferStub:
                 request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.OpenGroup = channel.unary_unary(
+                '/overfill.v1.KVTransfer/OpenGroup',
+                request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupRequest.SerializeToString,
+                response_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupResponse.FromString,
+                _registered_method=True)
+        self.Send = channel.unary_unary(
+                '/overfill.v1.KVTransfer/Send',
+                request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.SendRequest.SerializeToString,
+                response_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.KVHeader.FromString,
+                _registered_method=True)
 
 
 class KVTransferServicer:
@@ -63,6 +73,20 @@ class KVTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenGroup(self, request, context):
+        """nccl/gloo: start building this pair's process group (rank 0 here); the caller then joins as rank 1.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Send(self, request, context):
+        """nccl/gloo: check a lease and queue its bytes on the group; answers with their header before they are sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +99,16 @@ def add_KVTransferServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.FromString,
                     response_serializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'OpenGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenGroup,
+                    request_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupRequest.FromString,
+                    response_serializer=overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupResponse.SerializeToString,
+            ),
+            'Send': grpc.unary_unary_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.SendRequest.FromString,
+                    response_serializer=overfill_dot_v1_dot_kv__transfer__pb2.KVHeader.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +165,60 @@ class KVTransfer:
             '/overfill.v1.KVTransfer/Release',
             overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.SerializeToString,
             overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overfill.v1.KVTransfer/OpenGroup',
+            overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupRequest.SerializeToString,
+            overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Send(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overfill.v1.KVTransfer/Send',
+            overfill_dot_v1_dot_kv__transfer__pb2.SendRequest.SerializeToString,
+            overfill_dot_v1_dot_kv__transfer__pb2.KVHeader.FromString,
             options,
             channel_credentials,
             insecure,

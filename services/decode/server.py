@@ -28,11 +28,12 @@ class DecodeServer:
         decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
         self.metrics = DecodeMetrics()
-        self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret)
+        self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,
+                                      bind_host=config.kv.bind_host, transfer_timeout_s=config.kv.transfer_timeout_s)
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
-                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.lease_ttl_s),
+                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.transfer_timeout_s),
         )
 
     async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
@@ -43,7 +44,7 @@ class DecodeServer:
             yield chunk
 
     async def stats(self) -> dict:
-        return self.worker.stats()
+        return {**self.worker.stats(), **self.receiver.stats()}
 
     def record_routing_stats(self) -> dict:
         """Polled by Ray every 0.5 s: feeds the decode request router (most free KV among replicas that can admit)

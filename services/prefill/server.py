@@ -25,7 +25,8 @@ class PrefillServer:
         apply_torch_threads(config.prefill.torch_threads)
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{config.kv.bind_host}:0",
-                                  lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes)
+                                  lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
+                                  device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s)
         self.metrics = PrefillMetrics()
         self.worker = PrefillWorker(
             ModelRunner(full.model), self.sender, eos_token_ids(full.model.config, full.model.generation_config,
