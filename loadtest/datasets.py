@@ -147,12 +147,12 @@ def find_tokenizer(choice: str, served_model: str | None):
     """The tokenizer for random prompts: `choice` is "none", "auto" (the served model's, when GetModelInfo names a
     directory this machine has, or the embedded alias already converted here) or a tokenizer directory.
     Returns (tokenizer or None, what it was loaded from or None)."""
-    from overfill.model_loading import EMBEDDED_ALIAS
-    from overfill.paths import models_dir
-
     if choice == "none":
         return None, None
     if choice == "auto":
+        from overfill.model_loading import EMBEDDED_ALIAS
+        from overfill.paths import models_dir
+
         candidates = []
         if served_model == EMBEDDED_ALIAS:
             candidates.append(models_dir() / EMBEDDED_ALIAS)

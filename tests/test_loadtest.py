@@ -332,6 +332,8 @@ def test_stream_timing_reports_failures_on_both_entries():
       "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4"], "exclude each other"),
     (["loadtest", "--target", "h:1", "--ramp-up-strategy", "linear"], "needs both"),
     (["loadtest", "client-capacity", "--target", "h:1"], "--target is not used"),
+    (["loadtest", "step", "--target", "h:1", "--num-prompts", "5"], "--num-prompts is for `overfill loadtest run"),
+    (["loadtest", "sweep", "--target", "h:1", "--request-rate", "5"], "--request-rate is for"),
 ])
 def test_cli_errors_name_the_flag(argv, message, capsys):
     assert main(argv) == 2

@@ -19,7 +19,10 @@ from pathlib import Path
 
 MODES = ("run", "sweep", "step", "client-capacity")
 # Flags that only one mode reads (dest -> mode); the rest are shared.
-MODE_ONLY = {"rates": ("sweep", "client-capacity"), "attainment_target": ("sweep",), "stages": ("step",),
+MODE_ONLY = {"num_prompts": ("run", "sweep"), "request_rate": ("run",), "ramp_up_strategy": ("run",),
+             "ramp_up_start_rps": ("run",), "ramp_up_end_rps": ("run",), "result_filename": ("run",),
+             "burstiness": ("run", "sweep", "step"), "goodput": ("run", "sweep", "step"),
+             "rates": ("sweep", "client-capacity"), "attainment_target": ("sweep",), "stages": ("step",),
              "window_s": ("step",), "seconds_per_rate": ("client-capacity",), "stub_ttft_ms": ("client-capacity",),
              "stub_itl_ms": ("client-capacity",), "compare_rps": ("client-capacity",)}
 
@@ -46,10 +49,9 @@ def add_parser(subparsers) -> None:
                         help="wait this long for Health to say SERVING (default 60)")
 
     traffic = p.add_argument_group("traffic (vllm bench serve)")
-    traffic.add_argument("--num-prompts", type=int, default=100, help="requests per benchmark (default 100)")
-    traffic.add_argument("--request-rate", type=_rate, default=math.inf,
-                         help="requests/s; inf (default) sends all at once")
-    traffic.add_argument("--burstiness", type=_rate, default=1.0,
+    traffic.add_argument("--num-prompts", type=int, help="requests per benchmark (default 100)")
+    traffic.add_argument("--request-rate", type=_rate, help="requests/s; inf (default) sends all at once")
+    traffic.add_argument("--burstiness", type=_rate,
                          help="gamma shape of the gaps: 1 = Poisson (default), <1 burstier, >1 more regular")
     traffic.add_argument("--max-concurrency", type=int, help="most requests in flight (default: no limit)")
     traffic.add_argument("--ramp-up-strategy", choices=["linear", "exponential"],
@@ -77,7 +79,8 @@ def add_parser(subparsers) -> None:
     report = p.add_argument_group("results")
     report.add_argument("--goodput", nargs="+", metavar="NAME:MS", help="SLOs: ttft:MS tpot:MS e2el:MS")
     report.add_argument("--metric-percentiles", default="99", help="e.g. 50,90,99 (default 99)")
-    report.add_argument("--save-result", action="store_true", help="write the result JSON")
+    report.add_argument("--save-result", action="store_true",
+                        help="write the result JSON (sweep and step always write theirs, with PNGs)")
     report.add_argument("--result-dir", type=Path, help="where results and plots go (default: current directory)")
     report.add_argument("--result-filename", help="result file name (one benchmark)")
     report.add_argument("--save-detailed", action="store_true", help="add per-request lists to the JSON")
@@ -159,6 +162,9 @@ def _or(value, default):
 
 def run(args: argparse.Namespace) -> int:
     check_mode_flags(args)
+    args.num_prompts = _or(args.num_prompts, 100)
+    args.request_rate = _or(args.request_rate, math.inf)
+    args.burstiness = _or(args.burstiness, 1.0)
     return {"run": run_one, "sweep": run_sweep, "step": run_step, "client-capacity": run_capacity}[args.mode](args)
 
 
