@@ -6,11 +6,16 @@
 
 Errors arrive as `OverFillError` with the gRPC status name (`code`) and the service's message (which names the
 field at fault for INVALID_ARGUMENT).
+
+A service with API keys wants `api_key=` (sent as `authorization: Bearer <key>` metadata); one behind TLS wants
+`tls_root_cert=` (the CA certificate that signed the server's, as a PEM file path or bytes; for a self-signed
+certificate, the certificate itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 
@@ -46,12 +51,27 @@ def make_request(prompt: str | None = None, messages: list[dict] | None = None, 
     return request
 
 
+def call_metadata(metadata: tuple[tuple[str, str], ...] = (), api_key: str | None = None) -> tuple:
+    """`metadata` plus the API key as `authorization: Bearer <key>`."""
+    return tuple(metadata) + ((("authorization", f"Bearer {api_key}"),) if api_key else ())
+
+
+def tls_credentials(tls_root_cert: str | Path | bytes | None) -> grpc.ChannelCredentials | None:
+    """Channel credentials trusting `tls_root_cert` (PEM bytes or a file path); None: a plaintext channel."""
+    if tls_root_cert is None:
+        return None
+    pem = tls_root_cert if isinstance(tls_root_cert, bytes) else Path(tls_root_cert).expanduser().read_bytes()
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
 class OverFillClient:
     def __init__(self, address: str = "127.0.0.1:9000", timeout_s: float | None = None,
-                 metadata: tuple[tuple[str, str], ...] = ()):
-        self.channel = grpc.insecure_channel(address)
+                 metadata: tuple[tuple[str, str], ...] = (), api_key: str | None = None,
+                 tls_root_cert: str | Path | bytes | None = None):
+        credentials = tls_credentials(tls_root_cert)
+        self.channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
         self.stub = pb_grpc.GenerationStub(self.channel)
-        self.timeout_s, self.metadata = timeout_s, metadata
+        self.timeout_s, self.metadata = timeout_s, call_metadata(metadata, api_key)
 
     def generate(self, prompt: str | None = None, **kwargs) -> Iterator[pb.GenerateResponse]:
         """Stream responses; the last has finish_reason and usage. Closing the iterator cancels the request."""
@@ -98,10 +118,13 @@ class OverFillClient:
 
 class AsyncOverFillClient:
     def __init__(self, address: str = "127.0.0.1:9000", timeout_s: float | None = None,
-                 metadata: tuple[tuple[str, str], ...] = ()):
-        self.channel = grpc.aio.insecure_channel(address)
+                 metadata: tuple[tuple[str, str], ...] = (), api_key: str | None = None,
+                 tls_root_cert: str | Path | bytes | None = None):
+        credentials = tls_credentials(tls_root_cert)
+        self.channel = (grpc.aio.secure_channel(address, credentials) if credentials
+                        else grpc.aio.insecure_channel(address))
         self.stub = pb_grpc.GenerationStub(self.channel)
-        self.timeout_s, self.metadata = timeout_s, metadata
+        self.timeout_s, self.metadata = timeout_s, call_metadata(metadata, api_key)
 
     async def generate(self, prompt: str | None = None, **kwargs) -> AsyncIterator[pb.GenerateResponse]:
         call = self.stub.Generate(make_request(prompt, **kwargs), timeout=self.timeout_s, metadata=self.metadata)

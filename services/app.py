@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
 from overfill.serving.config import ServiceConfig
+from services import tls_front
 from services.decode.server import DecodeServer
 from services.prefill.server import PrefillServer
 from services.router.request_router import LeastQueuedTokensRouter, MostFreeKVRouter
@@ -86,6 +87,7 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None) ->
     serve.run(build_app(config), name=config.server.app_name, route_prefix=config.server.route_prefix,
               blocking=False)
     wait_until_serving(f"127.0.0.1:{config.server.grpc_port}")
+    tls_front.start(config.server)  # TLS on server.tls_port when server.tls_cert_file is set
     return config
 
 
@@ -107,12 +109,15 @@ def wait_until_serving(address: str, timeout_s: float = 300.0) -> None:
 def stop_service() -> None:
     import ray
 
+    tls_front.stop()
     serve.shutdown()
     ray.shutdown()
 
 
 def serve_forever(config: ServiceConfig) -> None:
     """`overfill serve`: start, print how to call it, and shut everything down on SIGINT/SIGTERM."""
+    from overfill.serving.auth import AUTH_OFF_WARNING
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,11 +125,19 @@ def serve_forever(config: ServiceConfig) -> None:
     try:
         start_service(config)
         address = f"127.0.0.1:{config.server.grpc_port}"
-        print(f"OverFill Serve ready on {address} (gRPC, overfill.v1.Generation) after "
+        tls = bool(config.server.tls_cert_file)
+        if tls:  # the public port is the TLS front's; grpc_port must stay unreachable from outside this host
+            address = f"127.0.0.1:{config.server.tls_port}"
+        kind = "gRPC over TLS" if tls else "gRPC"
+        print(f"OverFill Serve ready on {address} ({kind}, overfill.v1.Generation) after "
               f"{time.perf_counter() - started:.0f} s: full {config.models.full}, decoder {config.models.decoder}, "
               f"{config.prefill.num_replicas} prefill + {config.decode.num_replicas} decode replica(s)", flush=True)
         print(f"metrics: http://127.0.0.1:{config.server.metrics_port}/metrics (Prometheus)", flush=True)
-        print(f"try:  .venv/bin/overfill client --address {address} \"What is the capital of France?\"", flush=True)
+        if not config.auth.enabled:
+            print(f"WARNING: {AUTH_OFF_WARNING}", flush=True)
+        flags = (" --tls-ca CA.pem" if tls else "") + (" --api-key KEY" if config.auth.enabled else "")
+        print(f"try:  .venv/bin/overfill client --address {address}{flags} \"What is the capital of France?\"",
+              flush=True)
         print("stop: Ctrl-C", flush=True)
         while not stop.wait(0.5):
             pass

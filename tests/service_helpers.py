@@ -29,8 +29,10 @@ def build_tiny_models(root: Path) -> tuple[Path, Path]:
 
 
 def tiny_service_config(full_dir: Path, decoder_dir: Path, *overrides: str) -> ServiceConfig:
-    """Small limits, a quarter CPU per replica and free ports; later overrides win."""
+    """Small limits, a quarter CPU per replica, free ports and no API keys (auth.enabled=false: the ingress tests
+    turn it on); later overrides win."""
     return load_config(None, [
+        "auth.enabled=false",
         f"models.full={full_dir}", f"models.decoder={decoder_dir}", f"server.grpc_port={free_port()}",
         f"server.http_port={free_port()}", f"server.metrics_port={free_port()}", "server.max_context_tokens=256",
         "server.max_tokens_limit=64", "server.default_max_tokens=16", "decode.num_slots=4", "decode.max_waiting=16",

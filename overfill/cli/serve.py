@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def add_parser(subparsers) -> None:
     client.add_argument("--raw", action="store_true", help="send PROMPT as raw text (default: one chat user message)")
     client.add_argument("--json", action="store_true", help="print one JSON object per streamed message")
     client.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds")
+    client.add_argument("--api-key", default=os.environ.get("OVERFILL_API_KEY"),
+                        help="API key, sent as `authorization: Bearer KEY` (default: $OVERFILL_API_KEY)")
+    client.add_argument("--tls-ca", type=Path, metavar="FILE",
+                        help="connect over TLS, trusting this CA certificate (PEM; a self-signed server's own)")
     client.set_defaults(run=run_client)
 
 
@@ -36,8 +41,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from overfill.serving.config import load_config
     from services.app import serve_forever
 
+    from overfill.serving.auth import load_api_keys
+    from services.tls_front import read_credentials
+
     overrides = list(args.overrides) + ([f"server.grpc_port={args.port}"] if args.port else [])
-    serve_forever(load_config(args.config, overrides))
+    config = load_config(args.config, overrides)
+    # Missing keys or certificates fail here, before Ray starts (the router and the TLS front read them again).
+    load_api_keys(config.auth)
+    if config.server.tls_cert_file:
+        read_credentials(config.server)
+    serve_forever(config)
     return 0
 
 
@@ -47,7 +60,8 @@ def run_client(args: argparse.Namespace) -> int:
     from overfill.client import OverFillClient, OverFillError
 
     source = {"prompt": args.prompt} if args.raw else {"messages": [{"role": "user", "content": args.prompt}]}
-    with OverFillClient(args.address, timeout_s=args.timeout) as client:
+    with OverFillClient(args.address, timeout_s=args.timeout, api_key=args.api_key,
+                        tls_root_cert=args.tls_ca) as client:
         try:
             for piece in client.generate(**source, max_tokens=args.max_tokens, temperature=args.temperature,
                                          top_p=args.top_p, seed=args.seed, stop=args.stop):

@@ -74,6 +74,18 @@ class ServerConfig:
     default_max_tokens: int = 128
     num_cpus: float = 0.5                 # for the router (ingress) replica
     num_replicas: int = 1
+    tls_cert_file: str = ""               # PEM certificate chain; with tls_key_file: TLS on tls_port (services/tls_front.py)
+    tls_key_file: str = ""                # PEM private key of tls_cert_file
+    tls_port: int = 9443                  # the public TLS port; with TLS on, grpc_port must stay unreachable from outside
+    log_prompts: bool = False             # debugging aid: write prompts and outputs to the logs (never by default)
+
+
+@dataclass
+class AuthConfig:
+    """API keys for the public gRPC API (overfill/serving/auth.py): `authorization: Bearer <key>` metadata."""
+    enabled: bool = True                  # false only for a service no one else can reach (deploy/local.yaml)
+    api_keys_file: str = ""               # one key per line, `#` comments; read by the router replica
+    api_keys_env: str = "OVERFILL_API_KEYS"  # env var with comma-separated keys; "" = none
 
 
 @dataclass
@@ -83,6 +95,7 @@ class ServiceConfig:
     decode: DecodePoolConfig = field(default_factory=DecodePoolConfig)
     kv: KVConfig = field(default_factory=KVConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> ServiceConfig:
         checks = [
@@ -121,10 +134,27 @@ class ServiceConfig:
                 re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", accelerator) is not None
                 and getattr(self, pool).num_gpus > 0), "a Ray accelerator type name (e.g. H100) with num_gpus > 0"))
             checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = every core)"))
+        checks += self._security_checks()
         for name, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{name} = {_get(self, name)!r} is invalid: must be {allowed}")
         return self
+
+    def _security_checks(self) -> list[tuple[str, bool, str]]:
+        server, auth = self.server, self.auth
+        tls = bool(server.tls_cert_file)
+        return [
+            ("server.tls_port", 0 < server.tls_port < 65536, "in [1, 65535]"),
+            ("server.tls_key_file", bool(server.tls_key_file) == tls, "set together with server.tls_cert_file"),
+            ("server.tls_port", not tls or server.tls_port not in (server.grpc_port, server.http_port,
+                                                                   server.metrics_port),
+             "a port of its own (not grpc_port, http_port or metrics_port)"),
+            ("auth.api_keys_env", auth.api_keys_env == "" or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                                          auth.api_keys_env) is not None,
+             "an environment variable name, or empty"),
+            ("auth.enabled", not auth.enabled or bool(auth.api_keys_file or auth.api_keys_env),
+             "false when neither auth.api_keys_file nor auth.api_keys_env is set"),
+        ]
 
     def with_secret(self) -> ServiceConfig:
         """The KV secret resolved: the configured one, else $OVERFILL_KV_SECRET, else a fresh random one."""

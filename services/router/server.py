@@ -22,7 +22,9 @@ from overfill.default_decoder import resolve_decoder
 from overfill.engine.detokenize import IncrementalDetokenizer
 from overfill.geometry import KVGeometry
 from overfill.model_loading import resolve_model
+from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig
+from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import Limits, StopStringMatcher, validate_request
 from overfill.v1 import generation_pb2 as pb
@@ -51,6 +53,11 @@ class GenerationRouter:
         self.metrics = RouterMetrics()
         self.replica_counts = ReplicaCounts(config.server.app_name)
         self.num_running = 0
+        # API keys are read here, from this replica's own file or environment; none found is a start-up error.
+        self.api_keys = ApiKeyChecker(load_api_keys(config.auth)) if config.auth.enabled else None
+        if self.api_keys is None:
+            log.warning(AUTH_OFF_WARNING)
+        self.request_log = RequestLog(logging.getLogger("ray.serve"), config.server.log_prompts)
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
@@ -77,10 +84,12 @@ class GenerationRouter:
     # ---- RPCs: unpack -> call -> pack ----------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
+        self._authenticate(grpc_context)
         async for response in self._observed(request, grpc_context):
             yield response
 
     async def GenerateUnary(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
+        self._authenticate(grpc_context)
         text, token_ids, last = [], [], None
         async for response in self._observed(request, grpc_context):
             text.append(response.text)
@@ -90,6 +99,8 @@ class GenerationRouter:
                                         usage=last.usage, request_id=last.request_id)
 
     async def Health(self, request: pb.HealthRequest, grpc_context: RayServegRPCContext) -> pb.HealthResponse:
+        """No API key needed: load balancer and Kubernetes probes carry none, and it tells only SERVING or not and
+        the replica counts."""
         replicas = await self.replica_counts.get()
         try:
             await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()), 5.0)
@@ -98,6 +109,7 @@ class GenerationRouter:
             return pb.HealthResponse(status="NOT_SERVING", replicas=replicas)
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, grpc_context: RayServegRPCContext):
+        self._authenticate(grpc_context)
         return self.model_info
 
     async def _observed(self, request: pb.GenerateRequest,
@@ -107,15 +119,20 @@ class GenerationRouter:
         self.metrics.running.set(self.num_running)
         status = "OK"
         arrival = previous = time.perf_counter()
+        output = []  # the text sent, kept only for server.log_prompts
         try:
             first = True
             async for response in self._generate(request):
                 now = time.perf_counter()
                 (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
                 first, previous = False, now
+                if self.request_log.log_prompts:
+                    output.append(response.text)
                 if response.finish_reason:
                     self.metrics.e2e.observe(response.usage.e2e_s)
                     self.metrics.finished("OK", response.usage.prompt_tokens, response.usage.completion_tokens)
+                    self.request_log.finished(response.request_id, response.finish_reason,
+                                              response.usage.completion_tokens, "".join(output))
                 yield response
         except asyncio.CancelledError:
             status = "CANCELLED"
@@ -129,18 +146,31 @@ class GenerationRouter:
             if status != "OK":
                 self.metrics.requests.inc(1, tags={"status": status})
 
+    def _authenticate(self, grpc_context: RayServegRPCContext) -> None:
+        """The ingress check, before anything else of a request runs: `authorization: Bearer <key>` metadata
+        against every accepted key in constant time (overfill/serving/auth.py). A refusal is UNAUTHENTICATED, never
+        echoes what was sent, and is counted by reason (missing, malformed, invalid)."""
+        if self.api_keys is None:  # auth.enabled is false
+            return
+        reason = self.api_keys.refusal(grpc_context.invocation_metadata())
+        if reason is not None:
+            self.metrics.auth_rejections.inc(1, tags={"reason": reason})
+            self._abort(ServiceError("UNAUTHENTICATED", REFUSALS[reason]), grpc_context, "")
+
     def _abort(self, error: Exception, grpc_context: RayServegRPCContext, request_id: str) -> None:
-        """The one place errors become statuses (DESIGN §6); raises so the proxy sends the status."""
+        """The one place errors become statuses (DESIGN §6); raises so the proxy sends the status. The status
+        leaves without the original exception chained to it: Ray Serve logs what a replica raises, and an
+        exception's message may quote the request (server.log_prompts decides what `request_log` writes)."""
         if isinstance(error, asyncio.CancelledError):
             raise error
         service_error = service_error_of(error)
         if service_error is None:
-            log.exception("request %s failed", request_id or "(unnamed)")
+            self.request_log.failed(request_id or "(unnamed)", error)
             service_error = ServiceError("INTERNAL", f"internal error (request_id {request_id or 'unassigned'}): "
                                                      f"{type(error).__name__}")
         grpc_context.set_code(getattr(grpc.StatusCode, service_error.code))
         grpc_context.set_details(service_error.message)
-        raise service_error
+        raise service_error from None
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
@@ -149,6 +179,7 @@ class GenerationRouter:
         # 1) Validate and tokenize once.
         valid = validate_request(request, self.tokenizer, self.limits)
         rid = valid.request_id
+        self.request_log.received(rid, request, len(valid.prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringMatcher(valid.stop)
         completion_tokens, kv_transfer_s = 0, 0.0

@@ -1,0 +1,158 @@
+"""Security of the running service (one tiny local Ray cluster for the module): API keys at the ingress (from a file
+and from the environment), TLS through the front (services/tls_front.py) with a self-signed certificate made here,
+and no prompt in any log file the cluster wrote."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from tests.service_helpers import assert_no_kv_left, build_tiny_models, free_port, tiny_service_config, wait_for
+
+pytestmark = pytest.mark.service
+
+FILE_KEY = "file-key-0123456789abcdef"
+ENV_KEY = "env-key-fedcba9876543210"
+KEYS_ENV = "OVERFILL_SECURITY_TEST_KEYS"
+PROMPT = "xylophone pelican 4812 ravioli"  # appears in no log line unless server.log_prompts
+
+
+def write_self_signed_certificate(root: Path) -> tuple[Path, Path]:
+    """A CA-capable self-signed certificate for localhost / 127.0.0.1 / ::1 and its key (PEM): (cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "overfill-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = root / "server.pem", root / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    import ray
+
+    from services.app import start_service, stop_service
+
+    root = tmp_path_factory.mktemp("security-service")
+    full_dir, decoder_dir = build_tiny_models(root)
+    cert, key = write_self_signed_certificate(root)
+    keys_file = root / "api-keys"
+    keys_file.write_text(f"# keys of the test service\n\n{FILE_KEY}\n")
+    os.environ[KEYS_ENV] = ENV_KEY  # before Ray starts: its processes inherit the environment
+    tls_port = free_port()
+    config = tiny_service_config(full_dir, decoder_dir, "auth.enabled=true", f"auth.api_keys_file={keys_file}",
+                                 f"auth.api_keys_env={KEYS_ENV}", f"server.tls_cert_file={cert}",
+                                 f"server.tls_key_file={key}", f"server.tls_port={tls_port}")
+    try:
+        config = start_service(config, ray_init_kwargs={"num_cpus": 2})
+        logs_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+        yield {"plain": f"127.0.0.1:{config.server.grpc_port}", "tls": f"127.0.0.1:{tls_port}", "cert": cert,
+               "config": config, "logs_dir": logs_dir}
+    finally:
+        stop_service()
+        os.environ.pop(KEYS_ENV, None)
+
+
+def refused(call) -> OverFillError:
+    with pytest.raises(OverFillError) as error:
+        call()
+    return error.value
+
+
+def test_every_rpc_but_health_needs_a_valid_key(service):
+    with OverFillClient(service["plain"], timeout_s=60) as anonymous:
+        assert anonymous.health() == "SERVING"  # probes carry no key
+        for call in (anonymous.model_info, lambda: anonymous.generate_unary(PROMPT, max_tokens=4),
+                     lambda: list(anonymous.generate(PROMPT, max_tokens=4))):
+            error = refused(call)
+            assert (error.code, error.message) == ("UNAUTHENTICATED", "missing API key: send gRPC metadata "
+                                                                      "`authorization: Bearer <key>`")
+    wrong = "wrong-key-" + "9" * 16
+    with OverFillClient(service["plain"], timeout_s=60, api_key=wrong) as client:
+        error = refused(lambda: list(client.generate(PROMPT, max_tokens=4)))
+        assert (error.code, error.message) == ("UNAUTHENTICATED", "invalid API key") and wrong not in str(error)
+    with OverFillClient(service["plain"], timeout_s=60, metadata=(("authorization", FILE_KEY),)) as client:
+        assert refused(client.model_info).code == "UNAUTHENTICATED"  # no Bearer scheme
+    outputs = []
+    for key in (FILE_KEY, ENV_KEY):  # from auth.api_keys_file, and from $OVERFILL_SECURITY_TEST_KEYS
+        with OverFillClient(service["plain"], timeout_s=60, api_key=key) as client:
+            assert client.model_info().max_tokens_limit == service["config"].server.max_tokens_limit
+            outputs.append([t for piece in client.generate(PROMPT, max_tokens=8) for t in piece.token_ids])
+            assert list(client.generate_unary(PROMPT, max_tokens=8).token_ids) == outputs[-1]
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 8
+    assert_no_kv_left(service["config"])
+
+
+def test_tls_front_forwards_calls_statuses_deadlines_and_cancellation(service):
+    import asyncio
+
+    with OverFillClient(service["plain"], timeout_s=60, api_key=FILE_KEY) as direct:
+        expected = [t for piece in direct.generate(PROMPT, max_tokens=12) for t in piece.token_ids]
+    with OverFillClient(service["tls"], timeout_s=60, api_key=ENV_KEY, tls_root_cert=service["cert"]) as client:
+        assert client.health() == "SERVING"
+        pieces = list(client.generate(PROMPT, max_tokens=12))
+        assert [t for p in pieces for t in p.token_ids] == expected and pieces[-1].finish_reason == "length"
+        assert list(client.generate_unary(PROMPT, max_tokens=12).token_ids) == expected
+        error = refused(lambda: client.generate_unary(PROMPT, max_tokens=12, temperature=-1.0))
+        assert error.code == "INVALID_ARGUMENT" and "temperature" in error.message  # status and details relayed
+    with OverFillClient(service["tls"], timeout_s=60, tls_root_cert=service["cert"].read_bytes()) as anonymous:
+        assert refused(anonymous.model_info).code == "UNAUTHENTICATED"  # the key is checked behind the front
+    with OverFillClient(service["tls"], timeout_s=0.05, api_key=FILE_KEY, tls_root_cert=service["cert"]) as client:
+        assert refused(lambda: list(client.generate(PROMPT, max_tokens=64))).code == "DEADLINE_EXCEEDED"
+
+    async def leave_after_the_first_piece():
+        async with AsyncOverFillClient(service["tls"], api_key=FILE_KEY, tls_root_cert=service["cert"]) as client:
+            stream = client.generate(PROMPT, max_tokens=64)
+            first = await stream.__anext__()
+            await stream.aclose()  # cancels the call: the front cancels upstream, decode frees the slot
+            return first
+
+    assert (asyncio.run(leave_after_the_first_piece())).token_ids
+    assert_no_kv_left(service["config"])
+
+
+def test_the_tls_port_refuses_plaintext_and_unknown_certificates(service, tmp_path):
+    with OverFillClient(service["tls"], timeout_s=10, api_key=FILE_KEY) as plaintext:
+        assert refused(plaintext.health).code == "UNAVAILABLE"
+    other_cert, _ = write_self_signed_certificate(tmp_path)
+    with OverFillClient(service["tls"], timeout_s=10, api_key=FILE_KEY, tls_root_cert=other_cert) as untrusted:
+        assert refused(untrusted.health).code == "UNAVAILABLE"
+
+
+def test_no_prompt_in_any_log_file(service):
+    """After the requests above and these error paths, no file under the cluster's log directory (Ray Serve's
+    replica and proxy logs, every worker's stdout and stderr) holds the prompt."""
+    with OverFillClient(service["plain"], timeout_s=60, api_key=FILE_KEY) as client:
+        for bad in (dict(temperature=float("nan")), dict(max_tokens=10_000), dict(stop=["x" * 1000])):
+            assert refused(lambda: client.generate_unary(PROMPT, **bad)).code == "INVALID_ARGUMENT"
+        assert refused(lambda: client.generate_unary(" ".join([PROMPT] * 40))).code == "RESOURCE_EXHAUSTED"
+    logs = [p for p in service["logs_dir"].rglob("*") if p.is_file()]
+
+    def logged(text: str) -> list[Path]:
+        return [p for p in logs if text.encode() in p.read_bytes()]
+
+    assert wait_for(lambda: logged("Generate"), timeout_s=10)  # the logs are there: Serve logged the calls
+    assert wait_for(lambda: logged("RESOURCE_EXHAUSTED"), timeout_s=10)  # and the refusals
+    assert logged(PROMPT) == [] and logged("xylophone") == []
