@@ -228,3 +228,15 @@ def test_nccl_pull_between_two_gpus_is_bit_exact():
     finally:
         receiver.close()
         sender.close()
+
+
+def test_bench_transfer_over_gloo_is_bit_exact_and_reports_against_the_link():
+    from overfill.bench.transfer import TransferBenchSpec, format_report, run_transfer_bench
+
+    result = run_transfer_bench(TransferBenchSpec(transport="gloo", sizes_mb=[0.25, 1], repeats=1), progress=False)
+    assert [round(r["size_mb"], 1) for r in result["rows"]] == [0.2, 1.0]  # whole tokens: 5 and 22 of 46 KB
+    assert all(r["pull_gb_s"] > 0 and r["memcpy_gb_s"] > 0 and r["pull_ms"] > 0 for r in result["rows"])
+    assert result["spec"]["link"] == "torch.clone on the host (memcpy)" and "pull/link" in format_report(result)
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="needs two CUDA GPUs"):
+            run_transfer_bench(TransferBenchSpec(transport="nccl", sizes_mb=[1]), progress=False)

@@ -30,6 +30,7 @@ class DecodeBenchSpec:
     repeats: int = 3
     dtype: str = "auto"
     device: str = "cpu"
+    cuda_graphs: bool = True      # decode steps from CUDA graphs (CUDA only; captured in the warm-up run)
 
 
 def measure_read_bandwidth(device: str, num_bytes: int = 1 << 29, repeats: int = 7) -> float:
@@ -53,7 +54,8 @@ def _sync(device: str) -> None:
 def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
     loaded = load_engine(spec.model, spec.decoder, spec.modes, dtype=spec.dtype, device=spec.device)
     # The same runners without EOS, so every run generates exactly gen_len tokens.
-    engine = TwoStageEngine(loaded.engine.full, loaded.engine.decoder, eos_token_ids=set())
+    engine = TwoStageEngine(loaded.engine.full, loaded.engine.decoder, eos_token_ids=set(),
+                            cuda_graphs=spec.cuda_graphs)
     bandwidth = measure_read_bandwidth(spec.device)
     generator = torch.Generator().manual_seed(0)
     vocab = engine.geometry.vocab_size
@@ -63,9 +65,13 @@ def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
     rows = []
     runs = [(b, r, m) for b in spec.batch_sizes for r in range(spec.repeats + 1) for m in spec.modes]
     samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    cache = None
     for batch_size, repeat, mode in tqdm(runs, desc="bench decode", disable=not progress):
         prompts = torch.randint(0, vocab, (batch_size, spec.prompt_len), generator=generator).tolist()
-        outputs = engine.generate(prompts, params, mode)
+        if cache is None or cache.spec.num_slots != batch_size:  # one cache per batch size: graphs are per cache
+            cache = None  # the previous batch size's cache goes first
+            cache = engine.new_cache(batch_size, spec.prompt_len + spec.gen_len)
+        outputs = engine.generate(prompts, params, mode, cache=cache)
         if repeat == 0:
             continue  # warm-up
         tpot = statistics.mean(o.tpot_s for o in outputs)
@@ -95,7 +101,8 @@ def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
                            "decoder_over_full_bytes": bytes_ratio, "tpot_ratio_over_bytes_ratio": tpot_ratio / bytes_ratio})
     return {
         "spec": asdict(spec), "read_bandwidth_gb_s": bandwidth / 1e9, "kv_bytes_per_token": kv_bytes_per_token,
-        "torch_threads": torch.get_num_threads(), "device_name": _device_name(spec.device), "rows": rows,
+        "torch_threads": torch.get_num_threads(), "device_name": _device_name(spec.device),
+        "cuda_graphs": engine.cuda_graphs, "rows": rows,
         "ratios": ratios,
     }
 
@@ -110,7 +117,7 @@ def _device_name(device: str) -> str:
 
 def format_report(result: dict) -> str:
     lines = [f"read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s, {result['torch_threads']} threads, "
-             f"{result['device_name']}"]
+             f"{result['device_name']}{', CUDA graphs' if result.get('cuda_graphs') else ''}"]
     header = (f"{'mode':<9} {'batch':>5} {'prefill ms':>11} {'TPOT ms':>8} {'tok/s':>8} {'weights MB':>11} "
               f"{'roofline ms':>12} {'+KV ms':>7} {'TPOT/roof':>10}")
     lines += [header, "-" * len(header)]

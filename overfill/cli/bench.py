@@ -24,11 +24,14 @@ def add_parser(subparsers) -> None:
     decode.add_argument("--repeats", type=int, default=3, help="measured runs per cell (after one warm-up)")
     decode.add_argument("--dtype", default="auto")
     decode.add_argument("--device", default="cpu")
+    decode.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, replay decode steps from CUDA graphs (default on; ignored on CPU)")
     decode.add_argument("--json", type=Path, help="write the results here")
     decode.set_defaults(run=run_decode)
 
     transfer = sub.add_parser("transfer", help="KV pull GB/s and latency per size vs a local copy")
-    transfer.add_argument("--transport", default="grpc", help="grpc (default) or inprocess")
+    transfer.add_argument("--transport", default="grpc", choices=["grpc", "gloo", "nccl", "inprocess"],
+                          help="grpc (default); gloo (process group on the host); nccl (GPU to GPU, needs two GPUs)")
     transfer.add_argument("--sizes", type=lambda t: [float(x) for x in t.split(",") if x], default=[1, 16, 64, 256],
                           help="KV sizes in MB (default 1,16,64,256)")
     transfer.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -52,7 +55,7 @@ def run_decode(args: argparse.Namespace) -> int:
 
     spec = DecodeBenchSpec(model=args.model, decoder=args.decoder, batch_sizes=args.batch_sizes,
                            prompt_len=args.prompt_len, gen_len=args.gen_len, modes=args.modes.split(","),
-                           repeats=args.repeats, dtype=args.dtype, device=args.device)
+                           repeats=args.repeats, dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs)
     result = run_decode_bench(spec)
     print(format_report(result))
     _save(result, args.json)

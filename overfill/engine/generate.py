@@ -15,6 +15,7 @@ from enum import Enum
 
 import torch
 
+from overfill.engine.cuda_graphs import GraphDecoder
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams, sample
@@ -42,7 +43,10 @@ TokenCallback = Callable[[int, int], None]  # (row, token_id), called as each to
 class TwoStageEngine:
     """Holds the full model and/or the decoder and runs batched generation in any mode they allow."""
 
-    def __init__(self, full: ModelRunner | None, decoder: ModelRunner | None, eos_token_ids: set[int]):
+    def __init__(self, full: ModelRunner | None, decoder: ModelRunner | None, eos_token_ids: set[int],
+                 cuda_graphs: bool = False):
+        """`cuda_graphs`: on CUDA, decode steps replay CUDA graphs (engine/cuda_graphs.py), captured per cache on
+        first use (pass the same `cache` to `generate` to reuse them); ignored elsewhere."""
         if full is None and decoder is None:
             raise ValueError("the engine needs a full model, a decoder, or both")
         if full is not None and decoder is not None:
@@ -51,6 +55,8 @@ class TwoStageEngine:
         self.eos_token_ids = set(eos_token_ids)
         reference = full or decoder
         self.geometry, self.dtype, self.device = reference.geometry, reference.dtype, reference.device
+        self.cuda_graphs = cuda_graphs and torch.device(self.device).type == "cuda"
+        self._graphs: dict[int, GraphDecoder] = {}  # id(decode runner) -> its graphs over the last cache used
 
     def runners(self, mode: Mode | str) -> tuple[ModelRunner, ModelRunner]:
         """(prefill runner, decode runner) for a mode, or a ValueError naming what is missing."""
@@ -123,8 +129,8 @@ class TwoStageEngine:
         active = [row for row in range(len(prompts)) if finish[row] is None]
         num_steps = 0
         while active:
-            step_ids = torch.tensor([[outputs[row][-1]] for row in active], device=self.device)  # [A, 1]
-            logits = decode_runner.forward(cache, [slots[row] for row in active], step_ids)  # [A, V]
+            logits = self._decode_step(decode_runner, cache, [slots[row] for row in active],
+                                       [outputs[row][-1] for row in active])  # [A, V]
             tokens = sample(logits, [params[row] for row in active], [generators[row] for row in active])
             for row, token in zip(active, tokens):
                 accept(row, token)
@@ -143,6 +149,16 @@ class TwoStageEngine:
             )
             for row in range(len(prompts))
         ]
+
+    def _decode_step(self, runner: ModelRunner, cache: KVCache, slots: list[int], tokens: list[int]) -> torch.Tensor:
+        """One token per row: a CUDA-graph replay when enabled, else the eager forward. Returns logits [A, V]."""
+        if not self.cuda_graphs:
+            step_ids = torch.tensor([[token] for token in tokens], device=self.device)  # [A, 1]
+            return runner.forward(cache, slots, step_ids)
+        graphs = self._graphs.get(id(runner))
+        if graphs is None or graphs.cache is not cache:
+            graphs = self._graphs[id(runner)] = GraphDecoder(runner, cache)
+        return graphs.step(slots, tokens)
 
     def _refresh(self, cache: KVCache, slots: list[int], outputs: list[list[int]], num: int) -> None:
         """The full model rewrites the KV of the last `num` tokens in the cache (all rows decoded in lockstep, so each

@@ -10,6 +10,7 @@ model filled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,10 @@ from transformers.activations import ACT2FN
 from overfill.engine.kv_cache import KVCache
 from overfill.engine.linear import Linear, make_linear
 from overfill.geometry import KVGeometry, head_dim_of
+
+
+# store_and_read(k, v) -> (keys, values): how a layer writes its new K/V and reads back what it attends to.
+KVAccess = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -140,32 +145,17 @@ class ModelRunner:
         slot_index = torch.tensor(slots, device=self.device) if decoding else None
         pos_index = positions[:, 0] if decoding else None
 
-        # 3) The layers.
+        # 3) The layers: each writes its new K/V into the slots, then attends to [0, kv_len) of them.
         x = self.embed[input_ids]  # [B, T, D]
-        q_size = self.num_heads * self.head_dim
-        num_qk_heads = self.num_heads + self.num_kv_heads
-        num_q_kv_heads = num_qk_heads + self.num_kv_heads
         for index, w in enumerate(self.layers):
-            h = self._rms_norm(x, w.attn_norm)
-            qkv = w.qkv(h).view(num_rows, num_tokens, num_q_kv_heads, self.head_dim)  # [B, T, Hq + 2 Hkv, hd]
-            qk, v = qkv[:, :, :num_qk_heads], qkv[:, :, num_qk_heads:]
-            if w.q_norm is not None:
-                qk = torch.cat((self._rms_norm(qk[:, :, :self.num_heads], w.q_norm),
-                                self._rms_norm(qk[:, :, self.num_heads:], w.k_norm)), dim=2)
-            qk = self._rotate(qk, cos, sin).transpose(1, 2)  # [B, Hq + Hkv, T, hd]
-            q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]  # [B, Hq, T, hd], [B, Hkv, T, hd]
-            v = v.transpose(1, 2)  # [B, Hkv, T, hd]
-            if decoding:
-                cache.write_decode(index, slot_index, pos_index, k, v)
-            else:
-                cache.write_prefill(index, slots, starts, num_new, k, v)
-            keys, values = cache.read(index, selector, kv_len)  # [B, Hkv, kv_len, hd]
-            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
-                                                  enable_gqa=self.num_heads != self.num_kv_heads)  # [B, Hq, T, hd]
-            x = x + w.o(attn.transpose(1, 2).reshape(num_rows, num_tokens, q_size))
-            h = self._rms_norm(x, w.mlp_norm)
-            gate, up = w.gate_up(h).chunk(2, dim=-1)  # [B, T, I] each
-            x = x + w.down(self.act(gate) * up)
+            def store_and_read(k: torch.Tensor, v: torch.Tensor, index: int = index):
+                if decoding:
+                    cache.write_decode(index, slot_index, pos_index, k, v)
+                else:
+                    cache.write_prefill(index, slots, starts, num_new, k, v)
+                return cache.read(index, selector, kv_len)  # [B, Hkv, kv_len, hd] each
+
+            x = self.layer(w, x, cos, sin, mask, store_and_read)
         cache.advance(slots, num_new)
 
         # 4) Logits at the last valid token of each row (or everywhere).
@@ -173,6 +163,29 @@ class ModelRunner:
             last = torch.tensor(num_new, device=self.device) - 1
             x = x[torch.arange(num_rows, device=self.device), last]  # [B, D]
         return self.lm_head(self._rms_norm(x, self.final_norm)).float()
+
+    def layer(self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              mask: torch.Tensor | None, store_and_read: KVAccess) -> torch.Tensor:
+        """One transformer layer on x: [B, T, D] -> [B, T, D]. cos, sin: [B, T, 1, hd]; mask: [B, 1, T, K] (True =
+        attend) or None; `store_and_read(k, v)` stores the new k, v ([B, Hkv, T, hd]) and returns the K keys and
+        values to attend to ([B, Hkv, K, hd] each). Shared by `forward` and the CUDA-graph step (cuda_graphs.py)."""
+        num_rows, num_tokens = x.shape[:2]
+        num_qk_heads = self.num_heads + self.num_kv_heads
+        h = self._rms_norm(x, w.attn_norm)
+        qkv = w.qkv(h).view(num_rows, num_tokens, num_qk_heads + self.num_kv_heads, self.head_dim)  # [B, T, Hq+2Hkv, hd]
+        qk, v = qkv[:, :, :num_qk_heads], qkv[:, :, num_qk_heads:]
+        if w.q_norm is not None:
+            qk = torch.cat((self._rms_norm(qk[:, :, :self.num_heads], w.q_norm),
+                            self._rms_norm(qk[:, :, self.num_heads:], w.k_norm)), dim=2)
+        qk = self._rotate(qk, cos, sin).transpose(1, 2)  # [B, Hq + Hkv, T, hd]
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]  # [B, Hq, T, hd], [B, Hkv, T, hd]
+        keys, values = store_and_read(k, v.transpose(1, 2))  # [B, Hkv, K, hd] each
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
+                                              enable_gqa=self.num_heads != self.num_kv_heads)  # [B, Hq, T, hd]
+        x = x + w.o(attn.transpose(1, 2).reshape(num_rows, num_tokens, self.num_heads * self.head_dim))
+        h = self._rms_norm(x, w.mlp_norm)
+        gate, up = w.gate_up(h).chunk(2, dim=-1)  # [B, T, I] each
+        return x + w.down(self.act(gate) * up)
 
     def _attention_mask(self, positions: torch.Tensor, ends: list[int], kv_len: int,
                         same_length: bool) -> torch.Tensor | None:

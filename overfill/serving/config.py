@@ -50,6 +50,7 @@ class PrefillPoolConfig(PoolResources):
 class DecodePoolConfig(PoolResources):
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
+    cuda_graphs: bool = True              # replay decode steps from CUDA graphs (models.device cuda only)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from overfill.engine.cuda_graphs import GraphDecoder
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams, sample
@@ -36,6 +37,7 @@ class DecodeSettings:
     max_seq_len: int = 2048      # tokens per slot: prompt + generated
     max_waiting: int = 64        # admitted-to-wait requests beyond the slots; more get RESOURCE_EXHAUSTED
     kv_pull_timeout_s: float = 30.0
+    cuda_graphs: bool = False    # decode steps replayed from CUDA graphs (engine/cuda_graphs.py); CUDA only
 
 
 @dataclass
@@ -57,6 +59,8 @@ class DecodeWorker:
                                                     runner.dtype, runner.device))
         self.layout = KVLayout(runner.geometry.num_layers, runner.geometry.num_kv_heads, runner.geometry.head_dim,
                                DTYPE_NAMES[runner.dtype], 0)
+        use_graphs = settings.cuda_graphs and torch.device(runner.device).type == "cuda"
+        self._graphs = GraphDecoder(runner, self.cache) if use_graphs else None  # captured per bucket on first use
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-model")
         self._pull_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode-kv-pull")
         self._active: list[_Sequence] = []
@@ -213,6 +217,9 @@ class DecodeWorker:
 
     def _step(self, batch: list[_Sequence]) -> list[int]:
         """On the model thread: one forward for every active sequence, one token each."""
-        input_ids = torch.tensor([[s.last_token] for s in batch], device=self.runner.device)  # [B, 1]
-        logits = self.runner.forward(self.cache, [s.slot for s in batch], input_ids)  # [B, V]
+        if self._graphs is not None:
+            logits = self._graphs.step([s.slot for s in batch], [s.last_token for s in batch])  # [B, V]
+        else:
+            input_ids = torch.tensor([[s.last_token] for s in batch], device=self.runner.device)  # [B, 1]
+            logits = self.runner.forward(self.cache, [s.slot for s in batch], input_ids)  # [B, V]
         return sample(logits, [s.sampling for s in batch], [s.generator for s in batch])

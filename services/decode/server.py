@@ -33,7 +33,8 @@ class DecodeServer:
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
-                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.transfer_timeout_s),
+                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.transfer_timeout_s,
+                           cuda_graphs=config.decode.cuda_graphs),
         )
 
     async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
