@@ -56,6 +56,7 @@ def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
         name=name, num_replicas=pool.num_replicas,
         ray_actor_options=actor_options(pool),
         max_ongoing_requests=max_ongoing,
+        graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,  # drain on upgrade/scale-in, then killed
         request_router_config=RequestRouterConfig(request_router_class=router_class,
                                                   request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
     )

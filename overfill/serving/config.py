@@ -36,6 +36,8 @@ class PoolResources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0                 # GPUs per replica (Ray actor option); whole GPUs keep pools apart
     torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
+    graceful_shutdown_timeout_s: float = 20.0  # a stopping replica (upgrade, scale-in) finishes its requests and
+                                          # hands over its KV for this long before Ray Serve kills it
     accelerator_type: str | None = None   # Ray accelerator type for the replicas (e.g. H100, A100, L4); needs num_gpus
 
 
@@ -50,6 +52,7 @@ class PrefillPoolConfig(PoolResources):
 class DecodePoolConfig(PoolResources):
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
+    max_step_s: float = 60.0              # a decode step running longer fails its requests with DEADLINE_EXCEEDED
     cuda_graphs: bool = True              # replay decode steps from CUDA graphs (models.device cuda only)
 
 
@@ -90,12 +93,19 @@ class AuthConfig:
 
 
 @dataclass
+class FaultsConfig:
+    enabled: bool = False                 # TEST-ONLY chaos hooks (overfill/serving/faults.py): requests may carry
+                                          # x-overfill-faults metadata that stalls or breaks them; never in production
+
+
+@dataclass
 class ServiceConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prefill: PrefillPoolConfig = field(default_factory=PrefillPoolConfig)
     decode: DecodePoolConfig = field(default_factory=DecodePoolConfig)
     kv: KVConfig = field(default_factory=KVConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> ServiceConfig:
@@ -122,6 +132,7 @@ class ServiceConfig:
             ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),
             ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),
             ("decode.max_waiting", self.decode.max_waiting >= 0, ">= 0"),
+            ("decode.max_step_s", self.decode.max_step_s > 0, "> 0"),
         ]
         for pool in ("prefill", "decode", "server"):
             checks.append((f"{pool}.num_replicas", getattr(self, pool).num_replicas >= 1, ">= 1"))
@@ -135,6 +146,8 @@ class ServiceConfig:
                 re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", accelerator) is not None
                 and getattr(self, pool).num_gpus > 0), "a Ray accelerator type name (e.g. H100) with num_gpus > 0"))
             checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = every core)"))
+            checks.append((f"{pool}.graceful_shutdown_timeout_s", getattr(self, pool).graceful_shutdown_timeout_s >= 0,
+                           ">= 0"))
         checks += self._security_checks()
         for name, ok, allowed in checks:
             if not ok:

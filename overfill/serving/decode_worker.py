@@ -6,6 +6,8 @@ most `max_waiting` more wait for one, beyond that RESOURCE_EXHAUSTED. Once admit
 replica, copied into the slot and the lease released. A single background loop then runs one forward per step for
 every active sequence: sequences join between steps and leave as soon as they finish or their caller goes away, and
 their slot is freed at that step boundary. All cache work runs on one model thread; KV pulls run on other threads.
+A step that runs past `max_step_s` fails its sequences with DEADLINE_EXCEEDED at once; their slots are freed when
+the step returns (the model thread cannot be interrupted).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from overfill.engine.cuda_graphs import GraphDecoder
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams, sample
+from overfill.serving.faults import FaultPlan
 from overfill.serving.types import PrefillResult, ServiceError, TokenChunk
 from overfill.transport.base import KVReceiver, KVTransferError
 from overfill.transport.wire import DTYPE_NAMES, KVLayout
@@ -37,6 +40,7 @@ class DecodeSettings:
     max_seq_len: int = 2048      # tokens per slot: prompt + generated
     max_waiting: int = 64        # admitted-to-wait requests beyond the slots; more get RESOURCE_EXHAUSTED
     kv_pull_timeout_s: float = 30.0
+    max_step_s: float = 60.0     # a step running longer fails its sequences with DEADLINE_EXCEEDED
     cuda_graphs: bool = False    # decode steps replayed from CUDA graphs (engine/cuda_graphs.py); CUDA only
 
 
@@ -50,6 +54,7 @@ class _Sequence:
     num_generated: int           # tokens so far, the prefill's first one included
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    faults: FaultPlan | None = None  # test-only chaos hooks (overfill/serving/faults.py)
 
 
 class DecodeWorker:
@@ -68,13 +73,15 @@ class DecodeWorker:
         self._num_waiting = 0
         self._task: asyncio.Task | None = None
         self._work: asyncio.Event | None = None
+        self._num_faulty = 0  # active sequences with a fault plan: only then does a step look for a stall
         self.num_finished = 0
 
     # ---- public ------------------------------------------------------------------------------------------------
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
+                       faults: FaultPlan | None = None) -> AsyncIterator[TokenChunk]:
         """Continue a prefilled request; yields token chunks, the last with its finish reason. Leaving early (the
-        caller cancelled) frees the slot."""
+        caller cancelled) frees the slot. `faults`: test-only chaos hooks for this request (None in production)."""
         if prefill.ticket is None:
             raise ServiceError("INVALID_ARGUMENT", f"request {prefill.request_id!r} finished at prefill: nothing to decode")
         if prefill.prompt_tokens + sampling.max_new_tokens > self.settings.max_seq_len:
@@ -85,13 +92,16 @@ class DecodeWorker:
         sequence = None
         try:
             # 1) Pull the KV into the slot and release the lease.
+            if faults is not None and faults.delay_pull_s:
+                await asyncio.sleep(faults.delay_pull_s)  # chaos: a transfer that starts late
             start = time.perf_counter()
             await self._pull_into(slot, prefill)
             pulled_s = time.perf_counter() - start
             # 2) Join the running batch.
             generator = torch.Generator()
             generator.set_state(torch.from_numpy(np.frombuffer(prefill.rng_state, dtype=np.uint8).copy()))
-            sequence = _Sequence(prefill.request_id, slot, sampling, generator, prefill.first_token, 1)
+            sequence = _Sequence(prefill.request_id, slot, sampling, generator, prefill.first_token, 1, faults=faults)
+            self._num_faulty += faults is not None
             self._active.append(sequence)
             self._work.set()
             first = True
@@ -158,6 +168,9 @@ class DecodeWorker:
             k, v = await loop.run_in_executor(self._pull_threads, self.receiver.pull, prefill.ticket, self.layout,
                                               self.settings.kv_pull_timeout_s)
         except KVTransferError as e:
+            if e.code == "NOT_FOUND":  # the lease expired (or was released) before the pull reached it
+                raise ServiceError("ABORTED", f"the KV of request {prefill.request_id!r} was no longer leased when "
+                                              f"decode pulled it (lease expired or released): {e}") from e
             code = "DEADLINE_EXCEEDED" if e.code == "DEADLINE_EXCEEDED" else "UNAVAILABLE"
             raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed: {e}") from e
         await loop.run_in_executor(self._model_thread, self.cache.import_slot, slot, k, v)
@@ -188,13 +201,19 @@ class DecodeWorker:
                 await self._work.wait()
                 continue
             batch = list(self._active)
+            stall_s = self._stall_s(batch) if self._num_faulty else 0.0
+            step = loop.run_in_executor(self._model_thread, self._timed_step, batch, stall_s)
             try:
-                tokens = await loop.run_in_executor(self._model_thread, self._step, batch)
+                tokens = await asyncio.wait_for(asyncio.shield(step), self.settings.max_step_s)
+            except TimeoutError:  # fail the clients now; the slots stay taken until the model thread lets go
+                log.error("decode step of %d sequences ran past %g s", len(batch), self.settings.max_step_s)
+                self._fail(batch, "DEADLINE_EXCEEDED", f"the decode step ran past decode.max_step_s = "
+                                                       f"{self.settings.max_step_s:g} s")
+                await asyncio.wait([step])
+                continue
             except Exception as e:  # a failed step fails its sequences, never the worker
                 log.exception("decode step of %d sequences failed", len(batch))
-                for sequence in batch:
-                    sequence.out.put_nowait(ServiceError("INTERNAL", f"decode step failed: {e}"))
-                    sequence.cancelled = True
+                self._fail(batch, "INTERNAL", f"decode step failed: {e}")
                 continue
             for sequence, token in zip(batch, tokens):
                 if sequence.cancelled:
@@ -209,11 +228,29 @@ class DecodeWorker:
                     self.num_finished += 1
             self._drop_finished()
 
+    @staticmethod
+    def _fail(batch: list[_Sequence], code: str, message: str) -> None:
+        for sequence in batch:
+            if not sequence.cancelled:
+                sequence.out.put_nowait(ServiceError(code, f"{message} (request {sequence.request_id!r})"))
+            sequence.cancelled = True
+
     def _drop_finished(self) -> None:
         """Sequences leave between steps: finished or abandoned ones give their slot back."""
         for sequence in [s for s in self._active if s.cancelled]:
             self._active.remove(sequence)
+            self._num_faulty -= sequence.faults is not None
             self._free_slot(sequence.slot)
+
+    @staticmethod
+    def _stall_s(batch: list[_Sequence]) -> float:
+        """Chaos: how long this step must stall for the sequences with a fault plan."""
+        return max((s.faults.stall_for(s.num_generated) for s in batch if s.faults is not None), default=0.0)
+
+    def _timed_step(self, batch: list[_Sequence], stall_s: float) -> list[int]:
+        if stall_s:
+            time.sleep(stall_s)  # chaos: a step that stalls, holding the model thread
+        return self._step(batch)
 
     def _step(self, batch: list[_Sequence]) -> list[int]:
         """On the model thread: one forward for every active sequence, one token each."""

@@ -13,6 +13,7 @@ from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
+from overfill.serving.faults import FaultPlan
 from overfill.serving.types import PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
@@ -33,13 +34,16 @@ class DecodeServer:
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
-                           max_waiting=config.decode.max_waiting, kv_pull_timeout_s=config.kv.transfer_timeout_s,
+                           max_waiting=config.decode.max_waiting, max_step_s=config.decode.max_step_s,
+                           kv_pull_timeout_s=config.kv.transfer_timeout_s,
                            cuda_graphs=config.decode.cuda_graphs),
         )
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams) -> AsyncIterator[TokenChunk]:
-        """Called by the router as a stream; cancelling it frees the sequence's KV slot."""
-        async for chunk in self.worker.generate(prefill, sampling):
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
+                       faults: FaultPlan | None = None) -> AsyncIterator[TokenChunk]:
+        """Called by the router as a stream; cancelling it frees the sequence's KV slot. `faults`: test-only
+        chaos hooks (None unless the config enables them)."""
+        async for chunk in self.worker.generate(prefill, sampling, faults):
             if chunk.kv_transfer_s is not None:
                 self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
             yield chunk

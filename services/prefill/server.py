@@ -7,13 +7,15 @@ leased KV) runs inside this replica on the cluster-internal address from the con
 from __future__ import annotations
 
 import logging
+import time
 
 from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads
+from overfill.serving.faults import FaultPlan
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
-from overfill.serving.types import PrefillRequest, PrefillResult
+from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
 from overfill.transport.base import make_sender
 from services.metrics import PrefillMetrics
 
@@ -37,8 +39,14 @@ class PrefillServer:
                             max_queued_requests=config.prefill.max_queued_requests),
         )
 
-    async def prefill(self, request: PrefillRequest) -> PrefillResult:
-        """Called by the router; returns the ticket (never KV bytes)."""
+    async def prefill(self, request: PrefillRequest, faults: FaultPlan | None = None) -> PrefillResult:
+        """Called by the router; returns the ticket (never KV bytes). `faults`: test-only chaos hooks (None unless
+        the config enables them)."""
+        if faults is not None and faults.drop_pull_after_chunks is not None:
+            if not hasattr(self.sender, "cut_pull_after"):
+                raise ServiceError("INVALID_ARGUMENT", "x-overfill-faults: drop_pull_after_chunks needs a KV transport "
+                                                       f"that streams chunks, not {type(self.sender).__name__}")
+            self.sender.cut_pull_after(request.request_id, faults.drop_pull_after_chunks)
         return await self.worker.prefill(request)
 
     async def release(self, request_id: str) -> bool:
@@ -56,5 +64,12 @@ class PrefillServer:
         return stats
 
     def __del__(self):
+        """Ray Serve calls this when it stops the replica (upgrade, scale-in), once the replica's in-flight calls
+        drained. Tickets already handed out still point here: serve their KV until decode has pulled every lease
+        (each expires within kv.lease_ttl_s anyway) or graceful_shutdown_timeout_s runs out and Serve kills the
+        replica. Blocking is fine: the KV service answers pulls and releases on its own threads."""
+        deadline = time.monotonic() + self.sender.leases.ttl_s
+        while self.sender.num_leases and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.worker.close()
         self.sender.close()
