@@ -78,9 +78,9 @@ class ServerConfig:
     default_max_tokens: int = 128
     num_cpus: float = 0.5                 # for the router (ingress) replica
     num_replicas: int = 1
-    tls_cert_file: str = ""               # PEM certificate chain; with tls_key_file: TLS on tls_port (services/tls_front.py)
+    tls_cert_file: str = ""               # PEM certificate chain; set with tls_key_file: TLS front on tls_port
     tls_key_file: str = ""                # PEM private key of tls_cert_file
-    tls_port: int = 9443                  # the public TLS port; with TLS on, grpc_port must stay unreachable from outside
+    tls_port: int = 9443                  # public TLS port; with TLS on, keep grpc_port unreachable from outside
     log_prompts: bool = False             # debugging aid: write prompts and outputs to the logs (never by default)
 
 
