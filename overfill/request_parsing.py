@@ -26,10 +26,15 @@ class UnparsableRequest:
     message: str        # names the field when one is at fault
 
 
-def lenient_parser(message_class: type[Message]) -> Callable[[bytes], Message | UnparsableRequest]:
-    """A gRPC request_deserializer that returns the message or an UnparsableRequest, and never raises."""
+def lenient_parser(message_class: type[Message],
+                   max_bytes: int | None = None) -> Callable[[bytes], Message | UnparsableRequest]:
+    """A gRPC request_deserializer that returns the message or an UnparsableRequest, and never raises. Requests over
+    `max_bytes` are refused unparsed (no copy of them travels on)."""
 
     def parse(raw: bytes) -> Message | UnparsableRequest:
+        if max_bytes is not None and len(raw) > max_bytes:
+            return UnparsableRequest(message_class.DESCRIPTOR.full_name,
+                                     f"the request is {len(raw)} bytes, more than the {max_bytes} accepted")
         try:
             return message_class.FromString(raw)
         except DecodeError:

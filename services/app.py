@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -18,11 +19,12 @@ from services import tls_front
 from services.decode.server import DecodeServer
 from services.prefill.server import PrefillServer
 from services.router.request_router import LeastQueuedTokensRouter, MostFreeKVRouter
+from services.router.grpc_handlers import MAX_REQUEST_BYTES
 from services.router.server import GenerationRouter
 
 log = logging.getLogger(__name__)
 
-SERVICER_FUNCTIONS = ["overfill.v1.generation_pb2_grpc.add_GenerationServicer_to_server"]
+SERVICER_FUNCTIONS = ["services.router.grpc_handlers.add_generation_servicer"]
 ROUTING_STATS_PERIOD_S = 0.5
 
 
@@ -36,7 +38,9 @@ def build_app(config: ServiceConfig):
                    max_ongoing=config.decode.num_slots + config.decode.max_waiting + 8)
     router = serve.deployment(GenerationRouter).options(
         name="router", num_replicas=config.server.num_replicas,
-        ray_actor_options={"num_cpus": config.server.num_cpus}, max_ongoing_requests=2048,
+        ray_actor_options={"num_cpus": config.server.num_cpus},
+        max_ongoing_requests=config.server.max_ongoing_requests,
+        max_queued_requests=config.server.max_queued_requests,  # in the gRPC proxy; beyond: RESOURCE_EXHAUSTED
     )
     return router.bind(config, prefill.bind(config), decode.bind(config))
 
@@ -51,11 +55,16 @@ def actor_options(pool) -> dict:
 
 
 def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
-    """A pool's deployment: its replicas and resources, and its request router fed by `record_routing_stats`."""
+    """A pool's deployment: its replicas and resources, and its request router fed by `record_routing_stats`.
+
+    NOTE: back-pressure. `max_ongoing` sits above what the replica's own queue admits, so a full replica answers
+    RESOURCE_EXHAUSTED itself (naming its bound). Ray Serve queues a request in the router's handle only while every
+    replica is at `max_ongoing` (or none is up, e.g. restarting); that queue is bounded too (`max_queued_requests`),
+    beyond it the handle raises BackPressureError, which the router turns into RESOURCE_EXHAUSTED."""
     return serve.deployment(server_class).options(
         name=name, num_replicas=pool.num_replicas,
         ray_actor_options=actor_options(pool),
-        max_ongoing_requests=max_ongoing,
+        max_ongoing_requests=max_ongoing, max_queued_requests=max_ongoing,
         graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,  # drain on upgrade/scale-in, then killed
         request_router_config=RequestRouterConfig(request_router_class=router_class,
                                                   request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
@@ -79,6 +88,8 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None) ->
     config = config.with_secret()
     prepare_models(config)
     if not ray.is_initialized():
+        # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
+        os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
         ray.init(include_dashboard=False, logging_level=logging.WARNING,
                  _metrics_export_port=config.server.metrics_port, **(ray_init_kwargs or {}))
     serve.start(

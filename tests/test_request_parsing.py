@@ -93,3 +93,30 @@ def test_ordinary_temperatures_still_sample_their_distribution():
     generator = torch.Generator().manual_seed(0)
     draws = [sample(logits[None], [SamplingParams(temperature=1.0)], [generator])[0] for _ in range(4000)]
     assert abs(sum(draws) / len(draws) - 0.75) < 0.03
+
+
+def test_the_ingress_registers_every_rpc_of_the_generation_service_leniently():
+    from services.router.grpc_handlers import MAX_REQUEST_BYTES, SERVICE_NAME, add_generation_servicer
+
+    class Recorder:
+        def add_generic_rpc_handlers(self, handlers):
+            self.generic = handlers[0]
+
+        def add_registered_method_handlers(self, name, handlers):
+            self.name, self.handlers = name, handlers
+
+    class Servicer:
+        def __getattr__(self, name):
+            return lambda request, context: None
+
+    server = Recorder()
+    add_generation_servicer(Servicer(), server)
+    service = pb.DESCRIPTOR.services_by_name["Generation"]
+    assert server.name == SERVICE_NAME == service.full_name
+    assert set(server.handlers) == {m.name for m in service.methods}  # a new RPC in the proto must be added here
+    for method in service.methods:
+        handler = server.handlers[method.name]
+        assert handler.response_streaming == method.server_streaming
+        assert isinstance(handler.request_deserializer(b"\xff"), UnparsableRequest)
+        too_big = handler.request_deserializer(bytes(MAX_REQUEST_BYTES + 1))
+        assert isinstance(too_big, UnparsableRequest) and "more than the 8388608 accepted" in too_big.message

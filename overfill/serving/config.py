@@ -46,6 +46,9 @@ class PrefillPoolConfig(PoolResources):
     max_batch_tokens: int = 4096          # prompt tokens per prefill batch
     max_batch_size: int = 8               # prompts per prefill batch
     max_queued_requests: int = 256        # beyond this: RESOURCE_EXHAUSTED
+    max_queued_tokens: int = 32768        # prompt tokens waiting for a batch (bounds TTFT); beyond: RESOURCE_EXHAUSTED
+    max_leased_tokens: int = 65536        # prompt tokens whose KV this replica holds or will hold (queued, running,
+                                          # leased until pulled): its KV memory bound; beyond: RESOURCE_EXHAUSTED
 
 
 @dataclass
@@ -78,6 +81,8 @@ class ServerConfig:
     default_max_tokens: int = 128
     num_cpus: float = 0.5                 # for the router (ingress) replica
     num_replicas: int = 1
+    max_ongoing_requests: int = 2048      # requests in flight per router replica (Ray Serve's limit)
+    max_queued_requests: int = 256        # requests the gRPC proxy holds for a busy router; beyond: RESOURCE_EXHAUSTED
     tls_cert_file: str = ""               # PEM certificate chain; set with tls_key_file: TLS front on tls_port
     tls_key_file: str = ""                # PEM private key of tls_cert_file
     tls_port: int = 9443                  # public TLS port; with TLS on, keep grpc_port unreachable from outside
@@ -130,6 +135,12 @@ class ServiceConfig:
             ("prefill.max_batch_tokens", self.prefill.max_batch_tokens >= 1, ">= 1"),
             ("prefill.max_batch_size", self.prefill.max_batch_size >= 1, ">= 1"),
             ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),
+            ("prefill.max_queued_tokens", self.prefill.max_queued_tokens >= self.server.max_context_tokens,
+             f">= server.max_context_tokens = {self.server.max_context_tokens} (a full-context prompt must fit)"),
+            ("prefill.max_leased_tokens", self.prefill.max_leased_tokens >= self.server.max_context_tokens,
+             f">= server.max_context_tokens = {self.server.max_context_tokens} (a full-context prompt must fit)"),
+            ("server.max_ongoing_requests", self.server.max_ongoing_requests >= 1, ">= 1"),
+            ("server.max_queued_requests", self.server.max_queued_requests >= 1, ">= 1"),
             ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),
             ("decode.max_waiting", self.decode.max_waiting >= 0, ">= 0"),
             ("decode.max_step_s", self.decode.max_step_s > 0, "> 0"),

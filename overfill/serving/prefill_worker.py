@@ -1,7 +1,9 @@
 """The prefill pool's engine: batch queued prompts up to a token budget, run the full model, sample the first token
 and lease each request's KV to the decode pool. No Ray here; `services/prefill` wraps it.
 
-Requests wait in a bounded queue (over the bound: RESOURCE_EXHAUSTED at once). One background task forms batches:
+Requests wait in a queue bounded in requests and in prompt tokens, and the KV the replica holds or will hold
+(queued, running and leased prompts) has a token budget; over any bound: RESOURCE_EXHAUSTED at once, so a burst never
+grows memory or waiting time without bound. One background task forms batches:
 up to `max_batch_tokens` prompt tokens and `max_batch_size` prompts, always at least one prompt. The model runs on a
 single worker thread so the event loop keeps accepting requests (and the KV service keeps serving pulls) meanwhile.
 """
@@ -32,6 +34,8 @@ class PrefillSettings:
     max_batch_tokens: int = 4096     # prompt tokens per prefill batch
     max_batch_size: int = 16         # prompts per prefill batch (KV slots of the staging cache)
     max_queued_requests: int = 256   # waiting requests; more are refused with RESOURCE_EXHAUSTED
+    max_queued_tokens: int = 32768   # prompt tokens waiting; more are refused with RESOURCE_EXHAUSTED
+    max_leased_tokens: int = 65536   # prompt tokens queued + running + leased (this replica's KV); likewise
 
 
 @dataclass
@@ -51,6 +55,7 @@ class PrefillWorker:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefill-model")
         self.num_running = 0
+        self._running_tokens = 0
         self.num_prefilled = 0
 
     # ---- public ------------------------------------------------------------------------------------------------
@@ -63,6 +68,15 @@ class PrefillWorker:
         if len(self._queue) >= self.settings.max_queued_requests:
             raise ServiceError("RESOURCE_EXHAUSTED", f"prefill queue is full ({self.settings.max_queued_requests} "
                                                      "requests waiting)")
+        num_tokens, queued = len(request.prompt_ids), self._queued_tokens()
+        if queued + num_tokens > self.settings.max_queued_tokens:
+            raise ServiceError("RESOURCE_EXHAUSTED", f"prefill queue is full ({queued} prompt tokens waiting, "
+                                                     f"{num_tokens} more exceed {self.settings.max_queued_tokens})")
+        held = queued + self._running_tokens + self.sender.leases.num_tokens
+        if held + num_tokens > self.settings.max_leased_tokens:
+            raise ServiceError("RESOURCE_EXHAUSTED", f"prefill KV budget is spent ({held} prompt tokens queued, "
+                                                     f"running or leased, {num_tokens} more exceed "
+                                                     f"{self.settings.max_leased_tokens})")
         self._ensure_running()
         pending = _Pending(request, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._queue.append(pending)
@@ -78,12 +92,16 @@ class PrefillWorker:
 
     def stats(self) -> dict:
         return {
-            "queued_prompt_tokens": sum(len(p.request.prompt_ids) for p in self._queue),
+            "queued_prompt_tokens": self._queued_tokens(),
+            "leased_tokens": self.sender.leases.num_tokens,
             "num_waiting": len(self._queue),
             "num_running": self.num_running,
             "num_leases": self.sender.num_leases,
             "num_prefilled": self.num_prefilled,
         }
+
+    def _queued_tokens(self) -> int:
+        return sum(len(p.request.prompt_ids) for p in self._queue)
 
     def close(self) -> None:
         if self._task is not None:
@@ -107,6 +125,7 @@ class PrefillWorker:
             if not batch:
                 continue
             self.num_running = len(batch)
+            self._running_tokens = sum(len(p.request.prompt_ids) for p in batch)
             try:
                 results = await loop.run_in_executor(self._executor, self._prefill_batch, [p.request for p in batch])
             except Exception as e:  # a failed batch fails its requests, never the worker
@@ -116,7 +135,7 @@ class PrefillWorker:
                         pending.future.set_exception(ServiceError("INTERNAL", f"prefill failed: {e}"))
                 continue
             finally:
-                self.num_running = 0
+                self.num_running = self._running_tokens = 0
             for pending, result in zip(batch, results):
                 if isinstance(result, ServiceError):
                     if not pending.future.done():

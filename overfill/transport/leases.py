@@ -91,3 +91,9 @@ class LeaseTable:
     def num_bytes(self) -> int:
         with self._lock:
             return sum(lease.num_bytes for lease in self._leases.values())
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence positions held, summed over leases (what prefill's KV token budget counts)."""
+        with self._lock:
+            return sum(lease.k.shape[2] for lease in self._leases.values())  # k: [L, H, T, D]

@@ -36,7 +36,9 @@ class PrefillServer:
             PrefillSettings(max_seq_len=config.server.max_context_tokens,
                             max_batch_tokens=config.prefill.max_batch_tokens,
                             max_batch_size=config.prefill.max_batch_size,
-                            max_queued_requests=config.prefill.max_queued_requests),
+                            max_queued_requests=config.prefill.max_queued_requests,
+                            max_queued_tokens=config.prefill.max_queued_tokens,
+                            max_leased_tokens=config.prefill.max_leased_tokens),
         )
 
     async def prefill(self, request: PrefillRequest, faults: FaultPlan | None = None) -> PrefillResult:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
@@ -22,6 +24,7 @@ from overfill.default_decoder import resolve_decoder
 from overfill.engine.detokenize import IncrementalDetokenizer
 from overfill.geometry import KVGeometry
 from overfill.model_loading import resolve_model
+from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig
 from overfill.serving.request_log import RequestLog
@@ -35,11 +38,17 @@ log = logging.getLogger(__name__)
 
 
 def service_error_of(error: BaseException) -> ServiceError | None:
-    """The ServiceError behind an exception raised in another replica (Ray wraps it as `.cause`)."""
+    """The ServiceError behind an exception raised in another replica (Ray wraps it as `.cause`), or the status a
+    refusal by Ray Serve itself stands for: a pool's handle queue is full (RESOURCE_EXHAUSTED) or the pool failed to
+    deploy (UNAVAILABLE)."""
     seen = 0
     while error is not None and seen < 5:
         if isinstance(error, ServiceError):
             return error
+        if isinstance(error, BackPressureError):
+            return ServiceError("RESOURCE_EXHAUSTED", f"a pool's queue is full: {error.message}")
+        if isinstance(error, DeploymentUnavailableError):
+            return ServiceError("UNAVAILABLE", error.message)
         error = getattr(error, "cause", None) or error.__cause__
         seen += 1
     return None
@@ -101,6 +110,7 @@ class GenerationRouter:
     async def Health(self, request: pb.HealthRequest, grpc_context: RayServegRPCContext) -> pb.HealthResponse:
         """No API key needed: load balancer and Kubernetes probes carry none, and it tells only SERVING or not and
         the replica counts."""
+        self._refuse_unparsable(request, grpc_context)
         replicas = await self.replica_counts.get()
         try:
             await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()), 5.0)
@@ -110,7 +120,14 @@ class GenerationRouter:
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, grpc_context: RayServegRPCContext):
         self._authenticate(grpc_context)
+        self._refuse_unparsable(request, grpc_context)
         return self.model_info
+
+    def _refuse_unparsable(self, request, grpc_context: RayServegRPCContext) -> None:
+        """Bytes protobuf refused reach us as UnparsableRequest (grpc_handlers.py): INVALID_ARGUMENT naming the
+        field. (GenerateRequests are refused by validate_request.)"""
+        if isinstance(request, UnparsableRequest):
+            self._abort(ServiceError("INVALID_ARGUMENT", request.message), grpc_context, "")
 
     async def _observed(self, request: pb.GenerateRequest,
                         grpc_context: RayServegRPCContext) -> AsyncIterator[pb.GenerateResponse]:
@@ -139,7 +156,7 @@ class GenerationRouter:
             raise
         except Exception as e:  # noqa: BLE001  every failure leaves as a status
             status = (service_error_of(e) or ServiceError("INTERNAL", "")).code
-            self._abort(e, grpc_context, request.request_id)
+            self._abort(e, grpc_context, getattr(request, "request_id", ""))  # none if UnparsableRequest
         finally:
             self.num_running -= 1
             self.metrics.running.set(self.num_running)
@@ -201,13 +218,16 @@ class GenerationRouter:
             return response
 
         # 2) Prefill: the full model samples the first token; the KV waits under a lease.
-        result = await self.prefill.prefill.remote(PrefillRequest(rid, valid.prompt_ids, valid.sampling))
+        # NOTE: KV is leased under a key of this request alone: a caller's request_id only labels logs and replies,
+        # two requests may share one, and one's cleanup must never release the other's KV.
+        lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
+        result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids, valid.sampling))
         ttft_s = time.perf_counter() - arrival
         completion_tokens = 1
         first = message([result.first_token], result.finish_reason)
         if first.finish_reason or result.ticket is None:
             if result.ticket is not None:
-                await self.prefill.release.remote(rid)
+                await self.prefill.release.remote(lease_id)
             yield first
             return
 
@@ -227,4 +247,4 @@ class GenerationRouter:
         finally:
             if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
                 stream.cancel()
-                await asyncio.shield(self.prefill.release.remote(rid))  # no-op if decode already pulled it
+                await asyncio.shield(self.prefill.release.remote(lease_id))  # no-op if decode already pulled it

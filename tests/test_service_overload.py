@@ -1,0 +1,388 @@
+"""The service under overload and hostile input, on one local Ray cluster with tiny models.
+
+Back-pressure: a burst of 10x what the configured queues and slots admit, sent at once, ends with every request
+either served correctly or refused with RESOURCE_EXHAUSTED quickly; nothing hangs, the bounded queues stay bounded,
+the replicas stay up with flat memory, and no KV is left. Bad input: a hypothesis fuzz of the gRPC API (field values
+and sizes, unicode, invalid UTF-8, NaN/inf, unknown roles, duplicate request ids) never gets INTERNAL or UNKNOWN,
+and invalid requests get INVALID_ARGUMENT naming their field.
+"""
+
+import asyncio
+import math
+import re
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import psutil
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from overfill.engine.loader import load_engine
+from overfill.engine.sampling import SamplingParams
+from overfill.v1 import generation_pb2 as pb
+from tests.service_helpers import assert_no_kv_left, build_tiny_models, pool_stats, tiny_service_config
+
+pytestmark = pytest.mark.service
+
+# What the pools admit at once: decode slots + decode waiting + prefill batch + prefill queue.
+NUM_SLOTS, MAX_WAITING, MAX_BATCH, MAX_QUEUED = 2, 2, 2, 4
+CAPACITY = NUM_SLOTS + MAX_WAITING + MAX_BATCH + MAX_QUEUED
+MAX_QUEUED_TOKENS, MAX_LEASED_TOKENS = 256, 512
+ROUTER_ONGOING, ROUTER_QUEUED = 16, 4
+DEADLINE_S = 60.0
+MAX_TOKENS_LIMIT, MAX_CONTEXT = 64, 256
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from ray import serve
+
+    from services.app import start_service, stop_service
+
+    root = tmp_path_factory.mktemp("overload")
+    full_dir, decoder_dir = build_tiny_models(root)
+    config = tiny_service_config(
+        full_dir, decoder_dir, f"decode.num_slots={NUM_SLOTS}", f"decode.max_waiting={MAX_WAITING}",
+        f"prefill.max_batch_size={MAX_BATCH}", f"prefill.max_queued_requests={MAX_QUEUED}",
+        f"prefill.max_queued_tokens={MAX_QUEUED_TOKENS}", f"prefill.max_leased_tokens={MAX_LEASED_TOKENS}",
+        f"server.max_ongoing_requests={ROUTER_ONGOING}", f"server.max_queued_requests={ROUTER_QUEUED}",
+        "prefill.torch_threads=1", "decode.torch_threads=1")  # two cores: leave some to the proxy and the router
+    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
+    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
+    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine, "serve": serve}
+    stop_service()
+
+
+def in_process(service, prompt: str, max_tokens: int) -> list[int]:
+    loaded = service["engine"]
+    ids = loaded.tokenizer(prompt)["input_ids"]
+    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids
+
+
+def replica_ids(config) -> dict[str, set[str]]:
+    """{deployment: ids of its live replica actors} (a replaced replica gets a new id)."""
+    from ray.util import list_named_actors
+
+    ids: dict[str, set[str]] = {"router": set(), "prefill": set(), "decode": set()}
+    for entry in list_named_actors(all_namespaces=True):
+        match = re.fullmatch(rf"SERVE_REPLICA::{config.server.app_name}#(\w+)#(\w+)", entry["name"])
+        if match and match.group(1) in ids:
+            ids[match.group(1)].add(match.group(2))
+    return ids
+
+
+def replica_rss(config) -> dict[str, int]:
+    """{deployment: resident bytes of its replica process} (Ray titles replica processes ServeReplica:app:name)."""
+    rss = {}
+    for process in psutil.process_iter(["cmdline", "memory_info"]):
+        title = " ".join(process.info["cmdline"] or [])
+        for name in ("router", "prefill", "decode"):
+            if f"ServeReplica:{config.server.app_name}:{name}" in title and process.info["memory_info"]:
+                rss[name] = process.info["memory_info"].rss
+    return rss
+
+
+def burst_prompt(index: int) -> tuple[str, int]:
+    """Every fourth prompt is long (about 120 tokens) so the prefill token budgets take part."""
+    if index % 4 == 3:
+        return " ".join(f"w{(index * 7 + j) % 50}" for j in range(60)), 8
+    return f"request {index} says hello", 16
+
+
+def test_a_burst_of_ten_times_capacity_is_served_or_refused_fast(service):
+    config = service["config"]
+    replicas_before, rss_before = replica_ids(config), replica_rss(config)
+    assert set(rss_before) == {"router", "prefill", "decode"}, rss_before
+    num_requests = 10 * CAPACITY
+
+    # Sample the pools' own accounting while the burst runs: the bounded queues must stay bounded.
+    samples, stop = [], threading.Event()
+
+    def sample_pools():
+        while not stop.is_set():
+            samples.append((pool_stats(config, "prefill"), pool_stats(config, "decode")))
+            time.sleep(0.02)
+
+    async def one(client, index: int) -> tuple[str, float, str, list[int]]:
+        prompt, max_tokens = burst_prompt(index)
+        start = time.perf_counter()
+        try:
+            tokens = [t async for piece in client.generate(prompt, max_tokens=max_tokens) for t in piece.token_ids]
+            return "OK", time.perf_counter() - start, "", tokens
+        except OverFillError as e:
+            return e.code, time.perf_counter() - start, e.message, []
+
+    async def burst():
+        async with AsyncOverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(num_requests)))
+
+    sampler = threading.Thread(target=sample_pools, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    results = asyncio.run(burst())
+    elapsed = time.perf_counter() - started
+    stop.set()
+    sampler.join(10)
+
+    # 1) Every request was served correctly or refused with RESOURCE_EXHAUSTED; nothing else, nothing hung.
+    codes = [code for code, *_ in results]
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, [r[:3] for r in results if r[0] != "OK"]
+    served = [i for i, r in enumerate(results) if r[0] == "OK"]
+    refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
+    assert len(served) >= CAPACITY // 2 and len(refused) >= num_requests // 2, (len(served), len(refused))
+    for index in served:
+        prompt, max_tokens = burst_prompt(index)
+        assert results[index][3] == in_process(service, prompt, max_tokens), index
+    # 2) Refusals are quick: well under a second each, however many requests are in flight.
+    refusal_s = sorted(r[1] for r in refused)
+    p50, p99 = statistics.median(refusal_s), refusal_s[int(0.99 * (len(refusal_s) - 1))]
+    print(f"\nburst of {num_requests} (capacity {CAPACITY}) in {elapsed:.2f} s: {len(served)} served, "
+          f"{len(refused)} refused; refusal latency p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
+          f"max {refusal_s[-1] * 1e3:.0f} ms")
+    reasons: dict[str, list[float]] = {}
+    for _, seconds, message, _ in refused:
+        reasons.setdefault(re.sub(r"\d+", "N", message)[:40], []).append(seconds)
+    print("refused by:", {reason: f"{len(s)} x {statistics.median(s) * 1e3:.0f} ms" for reason, s in reasons.items()})
+    assert p50 < 1.0 and refusal_s[-1] < 3.0, refusal_s  # a bare proxy refusal is ~0.2 s on a busy 2-core box
+    assert max(r[1] for r in results) < DEADLINE_S / 2
+    # 3) The bounds held at every sample.
+    assert samples
+    for prefill, decode in samples:
+        assert prefill["num_waiting"] <= MAX_QUEUED and prefill["queued_prompt_tokens"] <= MAX_QUEUED_TOKENS
+        assert prefill["leased_tokens"] <= MAX_LEASED_TOKENS, prefill
+        assert decode["num_waiting"] <= MAX_WAITING and decode["num_running"] <= NUM_SLOTS
+    # 4) Same replicas, flat memory, no KV left, and the next request is served correctly.
+    assert replica_ids(config) == replicas_before
+    rss_after = replica_rss(config)
+    growth = {name: (rss_after[name] - rss_before[name]) / 2**20 for name in rss_before}
+    print("replica RSS growth (MiB):", {name: round(mib, 1) for name, mib in growth.items()})
+    assert all(mib < 100 for mib in growth.values()), growth
+    assert_no_kv_left(config)
+    with OverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
+        assert client.health() == "SERVING"
+        tokens = [t for piece in client.generate("after the storm", max_tokens=12) for t in piece.token_ids]
+    assert tokens == in_process(service, "after the storm", 12)
+
+
+def test_requests_sharing_a_request_id_are_independent(service):
+    """A request_id labels logs and replies only: concurrent requests with one id are all served, each correctly,
+    and one ending early (cancelled) frees only its own KV."""
+    prompts = [f"twin {i} speaks" for i in range(4)]
+
+    async def run():
+        async with AsyncOverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
+            async def one(prompt):
+                pieces = [p async for p in client.generate(prompt, max_tokens=20, request_id="same-id")]
+                assert all(p.request_id == "same-id" for p in pieces)
+                return [t for p in pieces for t in p.token_ids]
+
+            async def cancelled():
+                stream = client.generate("a twin that leaves", max_tokens=60, request_id="same-id")
+                await stream.__anext__()
+                await stream.aclose()
+
+            results = await asyncio.gather(*(one(p) for p in prompts), cancelled())
+            return results[:-1]
+
+    assert asyncio.run(run()) == [in_process(service, p, 20) for p in prompts]
+    assert_no_kv_left(service["config"])
+
+
+# ---- the fuzz -------------------------------------------------------------------------------------------------
+
+FIELDS = ("request_id", "max_tokens", "temperature", "top_p", "stop", "prompt", "chat")
+ROLES = ("system", "user", "assistant")
+VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+INVALID_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"ok\x80"]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def string_field(number: int, raw: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+
+
+texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)  # any unicode but lone surrogates
+floats32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+def mostly(valid: st.SearchStrategy, invalid: st.SearchStrategy, odds: int = 6) -> st.SearchStrategy:
+    """`invalid` about once in `odds + 1` draws, so that about a third of the requests are valid throughout."""
+    return st.integers(0, odds).flatmap(lambda k: invalid if k == odds else valid)  # 0, the simplest, is valid
+
+
+requests = st.fixed_dictionaries({
+    "input": mostly(
+        st.one_of(st.tuples(st.just("prompt"), texts.filter(str.strip)),
+                  st.tuples(st.just("chat"), st.lists(st.tuples(st.sampled_from(ROLES), texts), min_size=1,
+                                                      max_size=3))),
+        st.one_of(st.none(), st.tuples(st.just("prompt"), st.sampled_from(["", "   \n\t"])),
+                  st.tuples(st.just("prompt"), st.integers(100, 400).map(lambda n: " ".join(["word"] * n))),
+                  st.tuples(st.just("chat"), st.lists(st.tuples(texts, texts), max_size=3)))),
+    "max_tokens": mostly(st.integers(0, 24), st.integers(MAX_TOKENS_LIMIT + 1, 2**32 - 1)),
+    "temperature": mostly(st.one_of(st.none(), st.floats(0, 10, width=32), st.sampled_from([1e-40, -0.0])),
+                          floats32),
+    "top_p": mostly(st.one_of(st.none(), st.floats(0, 1, width=32, exclude_min=True)), floats32),
+    "seed": st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    "stop": mostly(st.lists(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=12), max_size=3),
+                   st.lists(st.one_of(texts, st.text(min_size=257, max_size=300)), min_size=1, max_size=10)),
+    "request_id": mostly(st.one_of(st.just(""), st.from_regex(VALID_ID, fullmatch=True), st.just("dup-id")), texts),
+    "invalid_utf8": mostly(st.none(), st.tuples(st.sampled_from([(7, "stop"), (1, "prompt"), (8, "request_id")]),
+                                                st.sampled_from(INVALID_UTF8))),
+    "method": st.sampled_from(["Generate", "GenerateUnary"]),
+})
+
+
+def encode(fields: dict) -> tuple[pb.GenerateRequest, bytes]:
+    request = pb.GenerateRequest(max_tokens=fields["max_tokens"], stop=fields["stop"],
+                                 request_id=fields["request_id"])
+    if fields["input"] is not None:
+        kind, value = fields["input"]
+        if kind == "prompt":
+            request.prompt = value
+        else:
+            request.chat.CopyFrom(pb.ChatMessages(messages=[pb.ChatMessage(role=r, content=c) for r, c in value]))
+    for name in ("temperature", "top_p", "seed"):
+        if fields[name] is not None:
+            setattr(request, name, fields[name])
+    raw = request.SerializeToString()
+    if fields["invalid_utf8"] is not None:  # a later occurrence of the field, as a client with a bug might send
+        (number, _), bad = fields["invalid_utf8"]
+        raw += string_field(number, bad)
+    return request, raw
+
+
+def obviously_invalid(request: pb.GenerateRequest, fields: dict) -> str | None:
+    """The field an independent reading of the API contract (proto comments) says is invalid, if any."""
+    if fields["invalid_utf8"] is not None:
+        return fields["invalid_utf8"][0][1]
+    if request.request_id and not VALID_ID.fullmatch(request.request_id):
+        return "request_id"
+    if request.max_tokens > MAX_TOKENS_LIMIT:
+        return "max_tokens"
+    temperature = request.temperature  # float32 as the server sees it
+    if request.HasField("temperature") and not (math.isfinite(temperature) and 0 <= temperature <= 10):
+        return "temperature"
+    if request.HasField("top_p") and not (math.isfinite(request.top_p) and 0 < request.top_p <= 1):
+        return "top_p"
+    if len(request.stop) > 8 or any(not 1 <= len(s) <= 256 for s in request.stop):
+        return "stop"
+    which = request.WhichOneof("input")
+    if which is None:
+        return "prompt"
+    if which == "prompt" and not request.prompt.strip():
+        return "prompt"
+    if which == "chat" and (not request.chat.messages or any(m.role not in ROLES for m in request.chat.messages)):
+        return "chat"
+    return None
+
+
+def call(channel: grpc.Channel, method: str, raw: bytes) -> tuple[str, str, list]:
+    path = f"/overfill.v1.Generation/{method}"
+    try:
+        if method == "Generate":
+            stub = channel.unary_stream(path, request_serializer=None,
+                                        response_deserializer=pb.GenerateResponse.FromString)
+            return "OK", "", list(stub(raw, timeout=DEADLINE_S))
+        stub = channel.unary_unary(path, request_serializer=None,
+                                   response_deserializer=pb.GenerateUnaryResponse.FromString)
+        return "OK", "", [stub(raw, timeout=DEADLINE_S)]
+    except grpc.RpcError as e:
+        return e.code().name, e.details() or "", []
+
+
+@pytest.fixture(scope="module")
+def fuzz_state(service):
+    channel = grpc.insecure_channel(service["address"])
+    pool = ThreadPoolExecutor(max_workers=2)
+    prefill_before = pool_stats(service["config"], "prefill")["num_prefilled"]
+    yield {"channel": channel, "pool": pool, "replicas": replica_ids(service["config"]),
+           "prefill_before": prefill_before, "outcomes": {}}
+    pool.shutdown()
+    channel.close()
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(fields=requests)
+@example(fields={"input": ("prompt", "x" * (1 << 20) + "y"), "max_tokens": 1, "temperature": None, "top_p": None,
+                 "seed": None, "stop": [], "request_id": "", "invalid_utf8": None, "method": "GenerateUnary"})
+@example(fields={"input": ("prompt", "\U0001F600" * 2_200_000), "max_tokens": 1, "temperature": None,
+                 "top_p": None, "seed": None, "stop": [], "request_id": "", "invalid_utf8": None,
+                 "method": "Generate"})
+@example(fields={"input": ("prompt", "hi"), "max_tokens": 4, "temperature": 0.5, "top_p": None, "seed": 7,
+                 "stop": ["a", "b"], "request_id": "", "invalid_utf8": ((7, "stop"), b"\xc3\x28"),
+                 "method": "Generate"})
+@example(fields={"input": ("prompt", "hi"), "max_tokens": 4, "temperature": None, "top_p": None, "seed": None,
+                 "stop": [], "request_id": "ok", "invalid_utf8": ((8, "request_id"), b"\xff"),
+                 "method": "GenerateUnary"})
+@example(fields={"input": ("chat", []), "max_tokens": 4, "temperature": float("nan"), "top_p": None,
+                 "seed": 2**64 - 1, "stop": [], "request_id": "dup-id", "invalid_utf8": None, "method": "Generate"})
+def test_fuzzed_requests_get_precise_statuses_and_never_crash_a_replica(service, fuzz_state, fields):
+    request, raw = encode(fields)
+    # The same bytes twice at once: duplicate request ids in flight, and two identical answers when deterministic.
+    first, second = fuzz_state["pool"].map(lambda _: call(fuzz_state["channel"], fields["method"], raw), range(2))
+    invalid = obviously_invalid(request, fields)
+    for code, details, responses in (first, second):
+        fuzz_state["outcomes"][code] = fuzz_state["outcomes"].get(code, 0) + 1
+        assert code in ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"), (code, details, fields)
+        if code == "INVALID_ARGUMENT":
+            assert any(field in details for field in FIELDS + ("the request",)), details
+        if invalid is not None:
+            assert code == "INVALID_ARGUMENT" and invalid in details, (invalid, code, details)
+        elif code == "OK":
+            last = responses[-1]
+            assert last.finish_reason in ("stop", "length") and last.usage.completion_tokens >= 1
+            limit = request.max_tokens or 16  # the test config's default_max_tokens
+            assert sum(len(r.token_ids) for r in responses) <= limit
+            assert all(r.request_id == responses[0].request_id for r in responses)
+            if request.request_id:
+                assert responses[0].request_id == request.request_id
+        elif code == "RESOURCE_EXHAUSTED":  # the context, or a bound of the pools (two long prompts at once)
+            assert any(reason in details for reason in ("exceeds the context", "is full", "budget")), details
+    deterministic = not request.HasField("temperature") or request.temperature == 0 or request.HasField("seed")
+    if first[0] == second[0] == "OK" and deterministic:
+        assert tokens_of(first[2]) == tokens_of(second[2])
+
+
+def tokens_of(responses) -> list[int]:
+    return [t for r in responses for t in r.token_ids]
+
+
+def test_after_the_fuzz_every_replica_is_the_same_healthy_one_and_no_kv_is_left(service, fuzz_state):
+    config = service["config"]
+    print("\nfuzz outcomes:", fuzz_state["outcomes"])
+    assert fuzz_state["outcomes"].get("OK", 0) > 10 and fuzz_state["outcomes"].get("INVALID_ARGUMENT", 0) > 10
+    assert replica_ids(config) == fuzz_state["replicas"]
+    assert pool_stats(config, "prefill")["num_prefilled"] > fuzz_state["prefill_before"]  # same replica, counting on
+    with OverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
+        assert client.health() == "SERVING"
+        tokens = [t for piece in client.generate("still serving", max_tokens=10) for t in piece.token_ids]
+    assert tokens == in_process(service, "still serving", 10)
+    assert_no_kv_left(config)
+
+
+def test_undecodable_requests_to_every_method_are_invalid_argument(service, fuzz_state):
+    channel = fuzz_state["channel"]
+    for method, request_class in (("Health", pb.HealthRequest), ("GetModelInfo", pb.ModelInfoRequest)):
+        stub = channel.unary_unary(f"/overfill.v1.Generation/{method}", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as error:
+            stub(b"\x0a\x05ab", timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "truncated" in error.value.details()
+        assert stub(b"", timeout=30)  # an empty message is a valid one
+    code, details, _ = call(channel, "Generate", pb.GenerateRequest(prompt="hi", stop=["ab"]).SerializeToString()
+                            .replace(b"ab", b"\xff\xfe"))
+    assert (code, details) == ("INVALID_ARGUMENT", "stop[0] is not valid UTF-8")
