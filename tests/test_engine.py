@@ -58,6 +58,22 @@ def test_generation_stops_at_eos_and_reports_timings():
     assert stopped.ttft_s > 0 and (stopped.tpot_s is None or stopped.tpot_s > 0)
 
 
+def test_token_callback_can_end_its_row():
+    """A callback returning True (a stop string reached) ends that row there; the other rows run on unchanged."""
+    engine = full_engine(tiny_model("qwen2"))
+    prompts, params = [[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=8)
+    free_run = [o.token_ids for o in engine.generate(prompts, params, "full")]
+    seen: list[list[int]] = [[], []]
+
+    def stop_row_0_at_third_token(row: int, token: int) -> bool:
+        seen[row].append(token)
+        return row == 0 and len(seen[row]) == 3
+
+    stopped = engine.generate(prompts, params, "full", on_token=stop_row_0_at_third_token)
+    assert stopped[0].token_ids == free_run[0][:3] and stopped[0].finish_reason == "stop"
+    assert stopped[1].token_ids == free_run[1] and stopped[1].finish_reason == "length"
+
+
 def test_seeded_sampling_is_reproducible_and_batch_invariant():
     engine = full_engine(tiny_model("qwen3"))
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=123, max_new_tokens=10)

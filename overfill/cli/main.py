@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from overfill.cli import bench, decoder, evaluate, generate, loadtest, prune, serve, train
+from overfill.cli import bench, decoder, evaluate, generate, harness, loadtest, prune, serve, train
 
-COMMANDS = (prune, generate, decoder, train, evaluate, serve, bench, loadtest)
+COMMANDS = (prune, generate, decoder, train, evaluate, harness, serve, bench, loadtest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,12 +32,14 @@ class Mode(str, Enum):
 class GenerationOutput:
     token_ids: list[int]
     prompt_tokens: int
-    finish_reason: str   # "stop" (an EOS token, included in token_ids) or "length"
+    finish_reason: str   # "stop" (an EOS token, included in token_ids, or the callback said stop) or "length"
     ttft_s: float        # request start -> first token sampled
     tpot_s: float | None  # (last token time - first token time) / (tokens - 1); None for a single token
 
 
-TokenCallback = Callable[[int, int], None]  # (row, token_id), called as each token is sampled
+# (row, token_id), called as each token is sampled; returning True ends that row there (finish_reason "stop"),
+# e.g. when its text reached a stop string.
+TokenCallback = Callable[[int, int], bool | None]
 
 
 class TwoStageEngine:
@@ -108,9 +110,8 @@ class TwoStageEngine:
         def accept(row: int, token: int) -> None:
             outputs[row].append(token)
             last_time[row] = time.perf_counter()
-            if on_token is not None:
-                on_token(row, token)
-            if token in self.eos_token_ids:
+            stop_here = on_token(row, token) if on_token is not None else False
+            if token in self.eos_token_ids or stop_here:
                 finish[row] = "stop"
             elif len(outputs[row]) >= params[row].max_new_tokens:
                 finish[row] = "length"
