@@ -240,3 +240,22 @@ def test_bench_transfer_over_gloo_is_bit_exact_and_reports_against_the_link():
     if torch.cuda.device_count() < 2:
         with pytest.raises(ValueError, match="needs two CUDA GPUs"):
             run_transfer_bench(TransferBenchSpec(transport="nccl", sizes_mb=[1]), progress=False)
+
+
+def test_an_idle_pair_is_closed_and_the_next_pull_reopens_it_transparently():
+    sender = make_sender("gloo", secret=SECRET, transfer_timeout_s=TIMEOUT_S, pair_idle_s=0.3)
+    receiver = make_receiver("gloo", secret=SECRET, transfer_timeout_s=TIMEOUT_S)
+    try:
+        for index in range(2):
+            if index:
+                assert wait_for(lambda: sender.num_pairs == 0, 5.0)  # closed on the prefill side, not yet here
+                assert receiver.stats()["kv_groups"] == 1
+            k, v = random_kv(seed=index)
+            ticket = sender.publish(f"idle-{index}", k, v)
+            k2, v2 = receiver.pull(ticket, expected_of(k))  # the second pull gets ABORTED, reopens, succeeds
+            assert same_bits(k2, k) and same_bits(v2, v) and receiver.release(ticket)
+        stats = receiver.stats()
+        assert stats["kv_groups_opened"] == 2 and stats["kv_failed_transfers"] == 0 and sender.num_leases == 0
+    finally:
+        receiver.close()
+        sender.close()

@@ -8,9 +8,11 @@
       header checked, K and V received on the group ◄───────  send thread: K, V (own CUDA stream with NCCL)
     Release(request_id) ───────────────────────────────────►  lease freed (as with grpc)
 
-The group is created on a pair's first transfer and cached. Transfers on one pair run one at a time (NCCL pairs
-point-to-point messages in issue order): the receiver holds the pair's lock from Send to the end of the bytes, and
-the sender's one thread per pair sends in the order it answered. Sends never touch the prefill batch loop.
+The group is created on a pair's first transfer and cached; the prefill side closes a pair idle for `pair_idle_s`
+(its decode replica may be gone), and a receiver whose group is gone there (Send answers ABORTED, nothing sent) opens
+a new one and asks again. Transfers on one pair run one at a time (NCCL pairs point-to-point messages in issue
+order): the receiver holds the pair's lock from Send to the end of the bytes, and the sender's one thread per pair
+sends in the order it answered. Sends never touch the prefill batch loop.
 A failed or timed-out transfer tears the group down on both sides (the receiver opens a new one on its next
 transfer), fails that request with UNAVAILABLE and frees its lease; both replicas keep serving. The same code runs
 with NCCL on GPUs and with gloo on CPU, which is how CI tests it.
@@ -67,8 +69,8 @@ class _SenderPair:
     """The prefill side of one pair: its group, built and used only on the pair's own thread, fed leases in the order
     Send answered. After a failure it is `broken`: queued and later leases are freed, never sent."""
 
-    def __init__(self, group_id: str, receiver_id: str, build, on_failed):
-        self.group_id, self.receiver_id = group_id, receiver_id
+    def __init__(self, group_id: str, receiver_id: str, build, on_failed, idle_s: float):
+        self.group_id, self.receiver_id, self.idle_s = group_id, receiver_id, idle_s
         self._on_failed = on_failed  # (request_id, reason) -> None: frees the lease
         self._queue: queue.Queue[Lease | None] = queue.Queue()
         self._lock = threading.Lock()  # orders `broken` against submits
@@ -96,6 +98,14 @@ class _SenderPair:
         if wait_s > 0 and self._thread is not threading.current_thread():
             self._thread.join(wait_s)
 
+    def _close_if_idle(self) -> bool:
+        """Mark the pair closed unless a lease is queued (checked under the submit lock, so none can slip in)."""
+        with self._lock:
+            if not self._queue.empty():
+                return False
+            self.broken = True
+            return True
+
     def _break(self, reason: str) -> None:
         with self._lock:
             self.broken = True
@@ -116,7 +126,12 @@ class _SenderPair:
             return
         try:
             while True:
-                lease = self._queue.get()
+                try:
+                    lease = self._queue.get(timeout=self.idle_s)
+                except queue.Empty:  # nobody pulled for a while: free the group (the receiver reopens if needed)
+                    if self._close_if_idle():
+                        return
+                    continue  # a lease arrived just now: send it
                 if lease is None or self.broken:
                     if lease is not None:
                         self._on_failed(lease.request_id, "the pair group broke")
@@ -157,8 +172,8 @@ class _PairServicer:
         self.base._authenticate(context)
         pair = self.sender.pair_of_group(request.group_id)
         if pair is None or pair.broken:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"no open KV process group {request.group_id[:32]!r} (torn "
-                                                       "down after a failure, or never opened): open a new one")
+            context.abort(grpc.StatusCode.ABORTED, f"no open KV process group {request.group_id[:32]!r} (closed "
+                                                   "after a failure or when idle, or never opened): open a new one")
         lease = self.sender.leases.get(request.request_id)
         if lease is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no KV lease for request {request.request_id[:200]!r} "
@@ -167,8 +182,8 @@ class _PairServicer:
         if problem:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"leased KV has {problem}")
         if not pair.submit(lease):
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV process group {request.group_id[:32]!r} broke: open a "
-                                                       "new one")
+            context.abort(grpc.StatusCode.ABORTED, f"KV process group {request.group_id[:32]!r} was closed: open a "
+                                                   "new one")
         layout = lease.layout
         return pb.KVHeader(request_id=request.request_id, geometry=_geometry(layout), dtype=layout.dtype,
                            num_tokens=layout.num_tokens, total_bytes=layout.total_bytes)
@@ -179,11 +194,13 @@ class ProcessGroupKVSender(GrpcKVSender):
     bind host for the pairs' rendezvous (started at the first OpenGroup). `device`: the model's device."""
 
     def __init__(self, secret: str, backend: str, bind_address: str = "127.0.0.1:0", device: str = "cpu",
-                 transfer_timeout_s: float = 30.0, **kwargs):
+                 transfer_timeout_s: float = 30.0, pair_idle_s: float = 600.0, **kwargs):
         _check_backend(backend)
-        if transfer_timeout_s <= 0:
-            raise ValueError(f"transfer_timeout_s must be positive, got {transfer_timeout_s}")
+        if transfer_timeout_s <= 0 or pair_idle_s <= 0:
+            raise ValueError(f"transfer_timeout_s and pair_idle_s must be positive, got {transfer_timeout_s}, "
+                             f"{pair_idle_s}")
         self.backend, self.device, self.transfer_timeout_s = backend, device, transfer_timeout_s
+        self.pair_idle_s = pair_idle_s
         self._bind_host = bind_address.rsplit(":", 1)[0]
         self._pairs: dict[str, _SenderPair] = {}  # receiver_id -> its current pair
         self._pairs_lock = threading.Lock()
@@ -214,8 +231,11 @@ class ProcessGroupKVSender(GrpcKVSender):
                 return PairGroup(self.backend, store.store, group_id, PREFILL_RANK, self._bind_host,
                                  self.transfer_timeout_s, self.device)
 
-            old = self._pairs.get(receiver_id)
-            self._pairs[receiver_id] = _SenderPair(group_id, receiver_id, build, self._transfer_failed)
+            old = self._pairs.pop(receiver_id, None)
+            for gone in [r for r, pair in self._pairs.items() if pair.broken]:  # closed pairs of other receivers
+                del self._pairs[gone]
+            self._pairs[receiver_id] = _SenderPair(group_id, receiver_id, build, self._transfer_failed,
+                                                   self.pair_idle_s)
         if old is not None:
             old.close()
         return group_id, store.address
@@ -280,8 +300,16 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         try:
             # 1) The pair's group (opened on first use).
             group = self._groups.get(address) or self._open(address, deadline)
-            # 2) Ask for the bytes; the header says what comes.
-            layout = self._request_send(ticket, expected, group, deadline)
+            # 2) Ask for the bytes; the header says what comes. A group the sender closed meanwhile (ABORTED: nothing
+            #    was sent) is replaced once.
+            try:
+                layout = self._request_send(ticket, expected, group, deadline)
+            except KVTransferError as e:
+                if e.code != "ABORTED":
+                    raise
+                self._drop(address)
+                group = self._open(address, deadline)
+                layout = self._request_send(ticket, expected, group, deadline)
             # 3) Receive them.
             try:
                 k, v = group.recv(layout)
@@ -320,7 +348,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
             header = self._stub(ticket.address)[0].Send(request, metadata=self.metadata,
                                                          timeout=max(0.0, deadline - time.monotonic()))
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
                 self._drop(ticket.address)  # the group is gone there, or the state of the pair is unknown
             raise _rpc_error(e, "KV send request failed") from e
         layout = _layout(header.geometry, header.dtype, header.num_tokens)
