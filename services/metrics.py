@@ -35,6 +35,8 @@ class RouterMetrics:
         self.prompt_tokens = Counter("overfill_prompt_tokens", "Prompt tokens of finished requests.")
         self.generation_tokens = Counter("overfill_generation_tokens", "Generated tokens of finished requests.")
         self.requests = Counter("overfill_requests", "Finished requests by gRPC status.", tag_keys=("status",))
+        self.migrations = Counter("overfill_requests_migrated",
+                                  "Requests continued on another decode replica after theirs died mid-stream.")
         self.auth_rejections = Counter("overfill_auth_rejections", "Requests refused UNAUTHENTICATED, by reason "
                                        "(missing, malformed, invalid API key).", tag_keys=("reason",))
         self.running = _tagged(Gauge("overfill_num_requests_running", "Requests in flight.", tag_keys=("role",)),

@@ -66,7 +66,8 @@ def test_one_benchmark_measures_the_stubs_timings_and_counts_failures_by_status(
     assert 8 <= result["median_itl_ms"] < 100 and result["median_tpot_ms"] < result["median_itl_ms"]
     assert result["slo_attainment_pct"] == pytest.approx(100 * result["completed"] / 20)
     assert result["max_concurrency"] == 4 and all(s["concurrency"] <= 4 for s in result["time_series"])
-    assert result["time_series"] and all(s["replicas"] == {"decode": 2, "prefill": 1} for s in result["time_series"])
+    reported = [s["replicas"] for s in result["time_series"] if s["replicas"] is not None]  # None: a poll timed out
+    assert reported and all(r == {"decode": 2, "prefill": 1} for r in reported)
     assert len(result["itls"]) == 20 and sum(e != "" for e in result["errors"]) == result["failed"]
     assert result["token_source"] == "words" and result["model_id"] == "stub"
 
@@ -148,7 +149,7 @@ def test_step_reports_stages_windows_and_replicas(stubs, tmp_path, capsys):
     assert first["sent"] == data["num_prompts"] > 0 and first["failed"] == 0 and idle["sent"] == 0
     assert first["replicas_min_max"]["decode"] == [1, 1]
     assert data["duration"] >= 2.5 and len(data["windows"]) == 3 and data["windows"][2]["sent"] == 0
-    assert data["time_series"][-1]["replicas"] == {"decode": 1, "prefill": 1, "router": 1}
+    assert {"decode": 1, "prefill": 1, "router": 1} in [s["replicas"] for s in data["time_series"][-2:]]
     assert (tmp_path / data["plots"][0]).stat().st_size > 10_000
 
 

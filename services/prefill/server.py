@@ -51,10 +51,6 @@ class PrefillServer:
             self.sender.cut_pull_after(request.request_id, faults.drop_pull_after_chunks)
         return await self.worker.prefill(request)
 
-    async def release(self, request_id: str) -> bool:
-        """Called by the router when a request ends before decode pulled its KV."""
-        return self.sender.release(request_id)
-
     async def stats(self) -> dict:
         return {**self.worker.stats(), "leases_expired": getattr(getattr(self.sender, "leases", None), "num_expired", 0)}
 

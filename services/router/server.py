@@ -3,18 +3,21 @@
 Method names are the RPC names. Each request: validate and tokenize once, prefill (a ticket comes back, never KV
 bytes), stream the decode pool's tokens back with incremental detokenization and stop strings. Errors are mapped to
 gRPC statuses in one place (`_abort`); cancellation by the client (or its deadline) reaches the decode replica's
-stream, which frees the sequence, and any lease decode has not pulled yet is released here.
+stream, which frees the sequence, and any lease decode has not pulled yet is released here. A request whose decode
+replica dies mid-stream is migrated once (see `_generate`, docs/architecture.md "Failure handling").
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
@@ -27,14 +30,37 @@ from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig
+from overfill.serving.faults import FaultPlan, plan_from_metadata
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import Limits, StopStringMatcher, validate_request
+from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
+from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
 from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
+
+MAX_MIGRATIONS = 1  # times a request whose decode replica died continues on another one; then UNAVAILABLE
+
+
+def lease_releaser(config: ServiceConfig) -> KVReceiver:
+    """How the router frees a lease decode never pulled: at the KV service the ticket names. Every backend serves
+    Release there over gRPC, except the in-process one of tests."""
+    if config.kv.transport == "inprocess":
+        return make_receiver("inprocess")
+    return GrpcKVReceiver(secret=config.kv.secret)
+
+
+def replica_lost(error: BaseException) -> bool:
+    """Whether Ray says the replica serving a call died or became unreachable (ActorDiedError,
+    ActorUnavailableError: both RayActorError), also when wrapped as another error's `.cause`."""
+    for _ in range(5):
+        if error is None or isinstance(error, RayActorError):
+            return error is not None
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
 
 
 def service_error_of(error: BaseException) -> ServiceError | None:
@@ -49,6 +75,8 @@ def service_error_of(error: BaseException) -> ServiceError | None:
             return ServiceError("RESOURCE_EXHAUSTED", f"a pool's queue is full: {error.message}")
         if isinstance(error, DeploymentUnavailableError):
             return ServiceError("UNAVAILABLE", error.message)
+        if isinstance(error, RayActorError):
+            return ServiceError("UNAVAILABLE", "a replica serving the request died or became unreachable")
         error = getattr(error, "cause", None) or error.__cause__
         seen += 1
     return None
@@ -60,6 +88,9 @@ class GenerationRouter:
 
         self.config, self.prefill, self.decode = config, prefill, decode
         self.metrics = RouterMetrics()
+        self.kv_releaser = lease_releaser(config)
+        if config.faults.enabled:
+            log.warning("faults.enabled: TEST-ONLY chaos hooks are on; any client can stall or break its requests")
         self.replica_counts = ReplicaCounts(config.server.app_name)
         self.num_running = 0
         # API keys are read here, from this replica's own file or environment; none found is a start-up error.
@@ -139,7 +170,8 @@ class GenerationRouter:
         output = []  # the text sent, kept only for server.log_prompts
         try:
             first = True
-            async for response in self._generate(request):
+            faults = plan_from_metadata(grpc_context.invocation_metadata(), self.config.faults.enabled)
+            async for response in self._generate(request, faults):
                 now = time.perf_counter()
                 (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
                 first, previous = False, now
@@ -185,13 +217,17 @@ class GenerationRouter:
             self.request_log.failed(request_id or "(unnamed)", error)
             service_error = ServiceError("INTERNAL", f"internal error (request_id {request_id or 'unassigned'}): "
                                                      f"{type(error).__name__}")
+        elif request_id and request_id not in service_error.message:  # every status names its request
+            service_error = ServiceError(service_error.code, f"{service_error.message} (request_id {request_id})")
         grpc_context.set_code(getattr(grpc.StatusCode, service_error.code))
         grpc_context.set_details(service_error.message)
         raise service_error from None
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
-    async def _generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def _generate(self, request: pb.GenerateRequest,
+                        faults: FaultPlan | None = None) -> AsyncIterator[pb.GenerateResponse]:
+        """`faults`: test-only chaos hooks for this request (None unless the config enables them)."""
         arrival = time.perf_counter()
         # 1) Validate and tokenize once.
         valid = validate_request(request, self.tokenizer, self.limits)
@@ -199,9 +235,11 @@ class GenerationRouter:
         self.request_log.received(rid, request, len(valid.prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringMatcher(valid.stop)
-        completion_tokens, kv_transfer_s = 0, 0.0
+        sent: list[int] = []  # every token id the client has, in order: what a migration prefills again
+        ttft_s, kv_transfer_s = 0.0, 0.0
 
         def message(token_ids: list[int], finish: str | None) -> pb.GenerateResponse:
+            sent.extend(token_ids)
             new_text = "".join(detokenizer.push(t) for t in token_ids)
             if finish is not None:
                 new_text += detokenizer.flush()
@@ -213,38 +251,62 @@ class GenerationRouter:
                     response.text += stops.flush()
                 response.finish_reason = finish
                 response.usage.CopyFrom(pb.Usage(
-                    prompt_tokens=len(valid.prompt_ids), completion_tokens=completion_tokens, ttft_s=ttft_s,
+                    prompt_tokens=len(valid.prompt_ids), completion_tokens=len(sent), ttft_s=ttft_s,
                     e2e_s=time.perf_counter() - arrival, kv_transfer_s=kv_transfer_s))
             return response
 
-        # 2) Prefill: the full model samples the first token; the KV waits under a lease.
-        # NOTE: KV is leased under a key of this request alone: a caller's request_id only labels logs and replies,
-        # two requests may share one, and one's cleanup must never release the other's KV.
-        lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
-        result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids, valid.sampling))
-        ttft_s = time.perf_counter() - arrival
-        completion_tokens = 1
-        first = message([result.first_token], result.finish_reason)
-        if first.finish_reason or result.ticket is None:
-            if result.ticket is not None:
-                await self.prefill.release.remote(lease_id)
-            yield first
-            return
+        for migration in range(MAX_MIGRATIONS + 1):
+            # 2) Prefill the prompt and every token already sent: the full model samples the next token (the first
+            #    one; after a migration, the one after what the client has). The KV waits under a lease.
+            # NOTE: KV is leased under a key of this request alone: a caller's request_id only labels logs and
+            # replies, two requests may share one, and one's cleanup must never release the other's KV.
+            lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
+            sampling = dataclasses.replace(valid.sampling, max_new_tokens=valid.sampling.max_new_tokens - len(sent))
+            result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling),
+                                                       faults)
+            ttft_s = ttft_s or time.perf_counter() - arrival
+            head = message([result.first_token], result.finish_reason)
+            if head.finish_reason or result.ticket is None:
+                if result.ticket is not None:
+                    await self._release(result.ticket)
+                yield head
+                return
 
-        # 3) Decode: the decode pool pulls the KV and streams tokens; leaving early cancels it (frees its slot).
-        stream = self.decode.options(stream=True).generate.remote(result, valid.sampling)
-        decode_done = False
+            # 3) Decode: the decode pool pulls the KV and streams tokens; leaving early cancels it (frees its slot).
+            stream = self.decode.options(stream=True).generate.remote(result, sampling, faults)
+            decode_done = False
+            try:
+                yield head
+                async for chunk in stream:
+                    decode_done = chunk.finish_reason is not None
+                    kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
+                    response = message(chunk.token_ids, chunk.finish_reason)
+                    yield response
+                    if response.finish_reason:  # EOS, max_tokens or a stop string
+                        return
+                raise ServiceError("INTERNAL", f"the decode stream of request {rid} ended without a finish reason")
+            except Exception as e:
+                # 4) Migration: the decode replica died (or became unreachable) mid-stream. Its tokens are all here,
+                #    so prefill prompt + sent again and continue on another decode replica with the tokens left;
+                #    the client never gets a token twice. At most MAX_MIGRATIONS times, then UNAVAILABLE.
+                if not replica_lost(e):
+                    raise
+                if migration == MAX_MIGRATIONS:
+                    raise ServiceError("UNAVAILABLE", f"request {rid}: its decode replica died mid-stream after "
+                                                      f"{MAX_MIGRATIONS} migration(s) already") from e
+                log.warning("request %s: decode replica lost after %d tokens (%s); migrating", rid, len(sent),
+                            type(e).__name__)
+                self.metrics.migrations.inc()
+                faults = faults.after_migration() if faults is not None else None
+            finally:
+                if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
+                    stream.cancel()
+                    await asyncio.shield(self._release(result.ticket))  # no-op if decode already pulled it
+
+    async def _release(self, ticket: KVTicket) -> None:
+        """Free a lease decode has not pulled, at the KV service that holds it (the ticket names it; a no-op once
+        pulled). Fails fast when that prefill replica is gone: its KV went with it."""
         try:
-            yield first
-            async for chunk in stream:
-                decode_done = chunk.finish_reason is not None
-                completion_tokens += len(chunk.token_ids)
-                kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
-                response = message(chunk.token_ids, chunk.finish_reason)
-                yield response
-                if response.finish_reason:  # EOS, max_tokens or a stop string
-                    return
-        finally:
-            if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
-                stream.cancel()
-                await asyncio.shield(self.prefill.release.remote(lease_id))  # no-op if decode already pulled it
+            await asyncio.to_thread(self.kv_releaser.release, ticket)
+        except KVTransferError as e:
+            log.info("KV lease %s not released (%s): its prefill replica is gone", ticket.request_id, e.code)

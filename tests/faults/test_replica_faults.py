@@ -1,0 +1,209 @@
+"""Fault injection on the running service (one local Ray cluster, tiny models, 2 prefill + 2 decode replicas): a
+decode replica killed mid-stream (migrated once, then UNAVAILABLE), a prefill replica killed between its ticket and
+the pull, a KV connection dropped mid-transfer, a transfer that starts after its lease expired, a decode step stalled
+past the deadline. For each: the client's status and message (with the request id) within its deadline, Serve
+replacing the dead replicas, the others serving the tokens in-process generation gives, and no lease or slot left on
+any replica (their accounting, then Prometheus).
+
+Faults that need injection travel with one request as `x-overfill-faults` metadata (overfill/serving/faults.py;
+`faults.enabled` is on in this module only). Replicas are killed with ray.kill on their actor (tests/faults/replicas.py).
+Killed replicas are replaced while the next tests run; `test_serve_replaces_every_killed_replica` waits for it.
+"""
+
+import time
+
+import pytest
+
+from overfill.client import OverFillClient, OverFillError
+from overfill.engine.loader import load_engine
+from overfill.engine.sampling import SamplingParams
+from overfill.serving.faults import FAULTS_METADATA_KEY
+from tests.faults.replicas import (
+    assert_no_kv_anywhere,
+    busy_replica,
+    kill_replica,
+    metric,
+    replica_actors,
+    replica_stats,
+    scrape,
+    wait_pool_restored,
+)
+from tests.service_helpers import build_tiny_models, tiny_service_config, wait_for
+
+pytestmark = pytest.mark.service
+LEASE_TTL_S = 3.0
+MAX_STEP_S = 4.0
+PROMPTS = ["one two three", "What is the capital of France?", "alpha is a word", "count with me: one two three",
+           "The quick brown fox", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from services.app import start_service, stop_service
+
+    root = tmp_path_factory.mktemp("faults")
+    full_dir, decoder_dir = build_tiny_models(root)
+    config = tiny_service_config(
+        full_dir, decoder_dir, "prefill.num_replicas=2", "decode.num_replicas=2", f"kv.lease_ttl_s={LEASE_TTL_S}",
+        "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}", "decode.graceful_shutdown_timeout_s=25",
+        "faults.enabled=true")
+    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
+    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
+    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine,
+           "app": config.server.app_name}
+    stop_service()
+
+
+def in_process(service, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    sampling = SamplingParams(max_new_tokens=max_tokens)
+    return service["engine"].engine.generate([prompt_ids], sampling, "overfill")[0].token_ids
+
+
+def prompt_ids(service, prompt: str) -> list[int]:
+    return service["engine"].tokenizer(prompt)["input_ids"]
+
+
+def long_prompt(service, max_tokens: int) -> str:
+    """A prompt whose greedy answer runs to max_tokens (no early EOS), so a stream has a middle to break."""
+    return next(p for p in PROMPTS if len(in_process(service, prompt_ids(service, p), max_tokens)) == max_tokens)
+
+
+def faulty_client(service, plan: str, timeout_s: float = 30.0) -> OverFillClient:
+    return OverFillClient(service["address"], timeout_s=timeout_s, metadata=((FAULTS_METADATA_KEY, plan),))
+
+
+def assert_serves_correctly(service) -> None:
+    """The replicas left (and their replacements) answer greedy requests with in-process tokens."""
+    with OverFillClient(service["address"], timeout_s=60) as client:
+        for prompt in PROMPTS[:3]:
+            tokens = list(client.generate_unary(prompt, max_tokens=12).token_ids)
+            assert tokens == in_process(service, prompt_ids(service, prompt), 12), prompt
+
+
+def read_until(stream, num_tokens: int) -> list[int]:
+    tokens = []
+    while len(tokens) < num_tokens:
+        tokens += next(stream).token_ids
+    return tokens
+
+
+def test_a_decode_replica_killed_mid_stream_is_migrated_without_repeating_a_token(service):
+    app, max_tokens, stall_at = service["app"], 24, 6
+    # A prompt where continuing from the full model's KV of prompt + the first 6 tokens (what a migration does)
+    # gives other tokens than the uninterrupted decoder: the check below then tells the two apart.
+    prompt, ids, reference, continuation = next(
+        (p, ids, ref, in_process(service, ids + ref[:stall_at], max_tokens - stall_at))
+        for p in PROMPTS for ids in [prompt_ids(service, p)] for ref in [in_process(service, ids, max_tokens)]
+        if len(ref) == max_tokens and in_process(service, ids + ref[:stall_at], max_tokens - stall_at) != ref[stall_at:])
+    with faulty_client(service, f"stall_after_tokens={stall_at},stall_step_s=30") as client:
+        stream = client.generate(prompt, max_tokens=max_tokens, request_id="migrate-1")
+        tokens = read_until(stream, stall_at)  # its decode replica now holds the model thread
+        killed = busy_replica(app, "decode", "num_running")
+        kill_replica(app, "decode", killed)
+        pieces = list(stream)
+    tokens += [t for p in pieces for t in p.token_ids]
+    # The client got the tokens before the kill as streamed, then what the full model prefilling prompt + those
+    # tokens and the decoder continuing make (a prefill refresh), each token exactly once and max_tokens in all.
+    assert tokens == reference[:stall_at] + continuation and tokens != reference
+    assert pieces[-1].finish_reason == "length" and pieces[-1].usage.completion_tokens == max_tokens
+    assert pieces[-1].request_id == "migrate-1" and killed not in replica_actors(app, "decode")
+    assert_serves_correctly(service)  # the other decode replica, while Serve replaces the dead one
+    assert_no_kv_anywhere(service["config"])
+
+
+def test_a_prefill_replica_killed_between_ticket_and_pull(service):
+    app = service["app"]
+    with faulty_client(service, "delay_pull_s=3") as client:  # decode waits 3 s before it pulls
+        stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="orphaned-1")
+        assert len(next(stream).token_ids) == 1  # the first token: the ticket is out, its KV leased
+        kill_replica(app, "prefill", busy_replica(app, "prefill", "num_leases"))
+        started = time.monotonic()
+        with pytest.raises(OverFillError) as error:
+            list(stream)
+    assert error.value.code == "UNAVAILABLE" and "orphaned-1" in error.value.message
+    assert "KV pull" in error.value.message and time.monotonic() - started < 10
+    assert_serves_correctly(service)  # the surviving prefill replica, before the replacement is up
+    assert_no_kv_anywhere(service["config"])
+
+
+def test_a_kv_connection_dropped_mid_transfer(service):
+    with faulty_client(service, "drop_pull_after_chunks=1") as client:  # 1 KiB chunks: the KV takes several
+        with pytest.raises(OverFillError) as error:
+            list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="dropped-1"))
+    assert error.value.code == "UNAVAILABLE" and "dropped-1" in error.value.message
+    assert "dropped mid-transfer" in error.value.message
+    assert_serves_correctly(service)
+    assert_no_kv_anywhere(service["config"])  # the router released the lease decode never acknowledged
+
+
+def test_a_transfer_delayed_past_its_lease_is_aborted(service):
+    app = service["app"]
+    expired_before = sum(s["leases_expired"] for s in replica_stats(app, "prefill").values())
+    with faulty_client(service, f"delay_pull_s={LEASE_TTL_S + 1}") as client:
+        started = time.monotonic()
+        with pytest.raises(OverFillError) as error:
+            list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="late-1"))
+    assert error.value.code == "ABORTED" and "late-1" in error.value.message
+    assert "no longer leased" in error.value.message and time.monotonic() - started < LEASE_TTL_S + 5
+    assert sum(s["leases_expired"] for s in replica_stats(app, "prefill").values()) == expired_before + 1
+    assert_serves_correctly(service)
+    assert_no_kv_anywhere(service["config"])
+
+
+def test_a_decode_step_stalled_past_the_deadline(service):
+    deadline_s = MAX_STEP_S + 1.5
+    with faulty_client(service, "stall_after_tokens=2,stall_step_s=5.5", timeout_s=deadline_s) as client:
+        started = time.monotonic()
+        with pytest.raises(OverFillError) as error:
+            list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="stalled-1"))
+    # decode.max_step_s ends it on the server, before the client's own deadline, with a message.
+    assert error.value.code == "DEADLINE_EXCEEDED" and "stalled-1" in error.value.message
+    assert "decode.max_step_s" in error.value.message and time.monotonic() - started < deadline_s
+    assert_serves_correctly(service)  # on another replica, or on this one once its step returned
+    assert_no_kv_anywhere(service["config"])  # the stalled step's slot too, once it returned
+
+
+def test_serve_replaces_every_killed_replica(service):
+    config = service["config"]
+    for pool in ("prefill", "decode"):
+        wait_pool_restored(service["app"], pool, getattr(config, pool).num_replicas)
+    assert_serves_correctly(service)
+    assert_no_kv_anywhere(config)
+
+
+def test_a_second_decode_death_ends_the_request_with_unavailable(service):
+    app, stall_at = service["app"], 4
+    # The two decode replicas that serve it in turn both stall after their 4th token: each is killed there.
+    with faulty_client(service, f"stall_after_tokens={stall_at},stall_step_s=30,stall_replicas=2") as client:
+        stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="migrate-2")
+        tokens = read_until(stream, stall_at)
+        kill_replica(app, "decode", busy_replica(app, "decode", "num_running"))
+        tokens += read_until(stream, stall_at)  # migrated: the re-prefill's token and 3 decoded ones
+        kill_replica(app, "decode", busy_replica(app, "decode", "num_running"))
+        started = time.monotonic()
+        with pytest.raises(OverFillError) as error:
+            list(stream)
+    assert len(tokens) == 2 * stall_at and error.value.code == "UNAVAILABLE"
+    assert "migrate-2" in error.value.message and "after 1 migration" in error.value.message
+    assert time.monotonic() - started < 10
+    wait_pool_restored(app, "decode", service["config"].decode.num_replicas)
+    assert_serves_correctly(service)
+    assert_no_kv_anywhere(service["config"])
+
+
+def test_metrics_account_for_every_fault_and_show_no_kv_held(service):
+    config, app = service["config"], service["app"]
+
+    def settled() -> bool:
+        samples = scrape(config)
+        live_prefill, live_decode = set(replica_stats(app, "prefill")), set(replica_stats(app, "decode"))
+        leases = metric(samples, "ray_overfill_kv_leases")
+        usage = metric(samples, "ray_overfill_kv_cache_usage_perc", role="decode")
+        statuses = {code: sum(metric(samples, "ray_overfill_requests_total", status=code).values())
+                    for code in ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED")}
+        return (sum(metric(samples, "ray_overfill_requests_migrated_total").values()) >= 2
+                and statuses["UNAVAILABLE"] >= 3 and statuses["ABORTED"] >= 1 and statuses["DEADLINE_EXCEEDED"] >= 1
+                and live_prefill <= set(leases) and all(leases[r] == 0 for r in live_prefill)
+                and live_decode <= set(usage) and all(usage[r] == 0 for r in live_decode))
+
+    assert wait_for(settled, timeout_s=60)
