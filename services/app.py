@@ -5,16 +5,20 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
+import yaml
 from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
-from overfill.serving.config import ServiceConfig
+from overfill.serving.config import APP_IMPORT_PATH, KV_SECRET_ENV, ServiceConfig, config_from_dict
 from services import tls_front
 from services.decode.server import DecodeServer
 from services.prefill.server import PrefillServer
@@ -80,35 +84,78 @@ def prepare_models(config: ServiceConfig) -> None:
     resolve_decoder(config.models.decoder, config.models.full)
 
 
-def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None) -> ServiceConfig:
-    """Start Ray (local) and Serve with the gRPC proxy, deploy the app and wait until it serves. Returns the config
-    with its resolved secret."""
+def app_builder(args: dict):
+    """Ray Serve application builder (`import_path: services.app:app_builder` in deploy/*.yaml, KubeRay's
+    serveConfigV2, `serve run`): `args` holds the ServiceConfig sections. The KV secret comes from the args, else
+    $OVERFILL_KV_SECRET (the application's runtime_env, or a Kubernetes Secret: every build then agrees), else a fresh
+    one for this build."""
+    config = config_from_dict(args).with_secret()
+    prepare_models(config)
+    return build_app(config)
+
+
+def serve_config_of(config: ServiceConfig, serve_file: dict | None = None) -> dict:
+    """The Ray Serve config (ServeDeploySchema as a dict) that deploys `config`: the deploy file's own Serve
+    options (deployments' autoscaling, the application's autoscaling policy, proxy options) with its application's
+    args, ports, name and route prefix replaced by `config`'s."""
+    serve_config = copy.deepcopy(serve_file) if serve_file else {"applications": [{"import_path": APP_IMPORT_PATH}]}
+    (app,) = [a for a in serve_config["applications"] if a.get("import_path") == APP_IMPORT_PATH]
+    args = dataclasses.asdict(config)
+    for owned in ("app_name", "route_prefix", "grpc_port", "http_port"):
+        del args["server"][owned]
+    # Ray logs an application's args when it builds it: the KV secret travels as an environment variable of the
+    # application's processes instead (what KubeRay does with a Secret), never in the args.
+    secret = args["kv"].pop("secret")
+    if secret:
+        runtime_env = app.setdefault("runtime_env", {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), KV_SECRET_ENV: secret}
+    app.update(name=config.server.app_name, route_prefix=config.server.route_prefix, args=args)
+    serve_config["grpc_options"] = {**serve_config.get("grpc_options", {}), "port": config.server.grpc_port,
+                                    "grpc_servicer_functions": SERVICER_FUNCTIONS}
+    serve_config["http_options"] = {"host": "127.0.0.1", **serve_config.get("http_options", {}),
+                                    "port": config.server.http_port}
+    return serve_config
+
+
+def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None,
+                  serve_file: dict | None = None) -> ServiceConfig:
+    """Start Ray (local) and Serve with the gRPC proxy, deploy the app through its Ray Serve config (the path
+    `serve run deploy/local.yaml` and KubeRay take, so deployment overrides and autoscaling policies apply) and wait
+    until it serves. `serve_file` is the parsed deploy file `config` came from, if any. Returns the config with its
+    resolved secret."""
     import ray
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
 
     config = config.with_secret()
-    prepare_models(config)
+    prepare_models(config)  # once here, not in every replica
+    schema = ServeDeploySchema.model_validate(serve_config_of(config, serve_file))
     if not ray.is_initialized():
         # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
         os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
+        # KV demand changes within seconds: replicas report their autoscaling metrics every 2 s, not every 10 s.
+        os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
         ray.init(include_dashboard=False, logging_level=logging.WARNING,
                  _metrics_export_port=config.server.metrics_port, **(ray_init_kwargs or {}))
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": config.server.http_port},
-        grpc_options=gRPCOptions(port=config.server.grpc_port, grpc_servicer_functions=SERVICER_FUNCTIONS),
-    )
-    serve.run(build_app(config), name=config.server.app_name, route_prefix=config.server.route_prefix,
-              blocking=False)
-    wait_until_serving(f"127.0.0.1:{config.server.grpc_port}")
+    # NOTE: what `serve run CONFIG.yaml` does (ray/serve/scripts.py): start the proxies, hand the config over.
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
+    client.deploy_apps(schema, _blocking=False)
+    wait_until_serving(f"127.0.0.1:{config.server.grpc_port}", config.server.app_name)
     tls_front.start(config.server)  # TLS on server.tls_port when server.tls_cert_file is set
     return config
 
 
-def wait_until_serving(address: str, timeout_s: float = 300.0) -> None:
+def wait_until_serving(address: str, app_name: str, timeout_s: float = 300.0) -> None:
+    """Until Health says SERVING; a failed deployment (bad args, a replica that cannot start) raises its message."""
     from overfill.client import OverFillClient
 
     deadline = time.monotonic() + timeout_s
     with OverFillClient(address) as client:
         while time.monotonic() < deadline:
+            app = serve.status().applications.get(app_name)
+            if app is not None and app.status == "DEPLOY_FAILED":
+                raise RuntimeError(f"application {app_name} failed to deploy: {app.message}")
             try:
                 if client.health() == "SERVING":
                     return
@@ -126,8 +173,17 @@ def stop_service() -> None:
     ray.shutdown()
 
 
-def serve_forever(config: ServiceConfig) -> None:
+def read_serve_file(path: str | Path | None) -> dict | None:
+    """The parsed deploy file when it is a Ray Serve config (has `applications`), else None."""
+    if path is None:
+        return None
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return data if isinstance(data, dict) and "applications" in data else None
+
+
+def serve_forever(config: ServiceConfig, serve_file: dict | None = None) -> None:
     """`overfill serve`: start, print how to call it, and shut everything down on SIGINT/SIGTERM."""
+    from overfill.client import OverFillClient
     from overfill.serving.auth import AUTH_OFF_WARNING
 
     stop = threading.Event()
@@ -135,15 +191,17 @@ def serve_forever(config: ServiceConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     started = time.perf_counter()
     try:
-        start_service(config)
+        start_service(config, serve_file=serve_file)
         address = f"127.0.0.1:{config.server.grpc_port}"
+        with OverFillClient(address) as client:
+            replicas = dict(client.health_report().replicas)
         tls = bool(config.server.tls_cert_file)
         if tls:  # the public port is the TLS front's; grpc_port must stay unreachable from outside this host
             address = f"127.0.0.1:{config.server.tls_port}"
         kind = "gRPC over TLS" if tls else "gRPC"
         print(f"OverFill Serve ready on {address} ({kind}, overfill.v1.Generation) after "
               f"{time.perf_counter() - started:.0f} s: full {config.models.full}, decoder {config.models.decoder}, "
-              f"{config.prefill.num_replicas} prefill + {config.decode.num_replicas} decode replica(s)", flush=True)
+              f"{replicas.get('prefill', 0)} prefill + {replicas.get('decode', 0)} decode replica(s)", flush=True)
         print(f"metrics: http://127.0.0.1:{config.server.metrics_port}/metrics (Prometheus)", flush=True)
         if not config.auth.enabled:
             print(f"WARNING: {AUTH_OFF_WARNING}", flush=True)

@@ -44,11 +44,11 @@ def _prompt_of_length(tokenizer, num_tokens: int) -> tuple[str, list[int]]:
 
 
 def run_service_bench(spec: ServiceBenchSpec, progress: bool = True) -> dict:
-    from services.app import start_service, stop_service
+    from services.app import read_serve_file, start_service, stop_service
 
     overrides = [f"server.max_context_tokens={max(spec.prompt_lens) + spec.gen_len + 64}",
                  f"decode.num_slots={max(spec.concurrency)}", *spec.overrides]
-    config = start_service(load_config(spec.config, overrides))
+    config = start_service(load_config(spec.config, overrides), serve_file=read_serve_file(spec.config))
     address = f"127.0.0.1:{config.server.grpc_port}"
     loaded = load_engine(config.models.full, config.models.decoder, ["overfill"], dtype=config.models.dtype)
     engine = TwoStageEngine(loaded.engine.full, loaded.engine.decoder, eos_token_ids=set())

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run the service on a local Ray cluster (gRPC, port 9000)",
                                   description="Start Ray Serve with the prefill pool, the decode pool and the gRPC "
                                               "router. Ctrl-C (SIGINT) or SIGTERM stops everything it started.")
-    serve.add_argument("--config", type=Path, help="YAML config (default: built-in defaults = deploy/local.yaml)")
+    serve.add_argument("--config", type=Path, help="deploy file: a Ray Serve config (deploy/*.yaml) or a bare ServiceConfig YAML (default: built-in defaults)")
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one config field, e.g. --set prefill.num_replicas=2 (repeatable)")
     serve.add_argument("--port", type=int, help="gRPC port (same as --set server.grpc_port=N)")
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from overfill.serving.config import load_config
-    from services.app import serve_forever
+    from services.app import read_serve_file, serve_forever
 
     from overfill.serving.auth import load_api_keys
     from services.tls_front import read_credentials
@@ -50,7 +50,7 @@ def run_serve(args: argparse.Namespace) -> int:
     load_api_keys(config.auth)
     if config.server.tls_cert_file:
         read_credentials(config.server)
-    serve_forever(config)
+    serve_forever(config, read_serve_file(args.config))
     return 0
 
 

@@ -55,15 +55,15 @@ class PrefillPoolConfig(PoolResources):
 class DecodePoolConfig(PoolResources):
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
-    max_step_s: float = 60.0              # a decode step running longer fails its requests with DEADLINE_EXCEEDED
     cuda_graphs: bool = True              # replay decode steps from CUDA graphs (models.device cuda only)
+    max_step_s: float = 60.0              # a decode step running longer fails its requests with DEADLINE_EXCEEDED
 
 
 @dataclass
 class KVConfig:
     transport: str = "grpc"               # grpc, nccl (GPU, P and D on separate GPUs), gloo (CPU); inprocess: tests
     lease_ttl_s: float = 30.0             # an unclaimed prefill KV is freed after this
-    bind_host: str = "127.0.0.1"          # cluster-internal address the KV service listens on
+    bind_host: str = "127.0.0.1"          # cluster-internal address the KV service listens on; node-ip = the node's
     secret: str = ""                      # shared secret; empty: $OVERFILL_KV_SECRET, else a random one per start
     chunk_bytes: int = 2 << 20
     transfer_timeout_s: float = 30.0      # a KV pull (or a process-group send/receive) slower than this: UNAVAILABLE
@@ -81,12 +81,12 @@ class ServerConfig:
     default_max_tokens: int = 128
     num_cpus: float = 0.5                 # for the router (ingress) replica
     num_replicas: int = 1
-    max_ongoing_requests: int = 2048      # requests in flight per router replica (Ray Serve's limit)
-    max_queued_requests: int = 256        # requests the gRPC proxy holds for a busy router; beyond: RESOURCE_EXHAUSTED
     tls_cert_file: str = ""               # PEM certificate chain; set with tls_key_file: TLS front on tls_port
     tls_key_file: str = ""                # PEM private key of tls_cert_file
     tls_port: int = 9443                  # public TLS port; with TLS on, keep grpc_port unreachable from outside
     log_prompts: bool = False             # debugging aid: write prompts and outputs to the logs (never by default)
+    max_ongoing_requests: int = 2048      # requests in flight per router replica (Ray Serve's limit)
+    max_queued_requests: int = 256        # requests the gRPC proxy holds for a busy router; beyond: RESOURCE_EXHAUSTED
 
 
 @dataclass
@@ -183,7 +183,7 @@ class ServiceConfig:
 
     def with_secret(self) -> ServiceConfig:
         """The KV secret resolved: the configured one, else $OVERFILL_KV_SECRET, else a fresh random one."""
-        secret = self.kv.secret or os.environ.get("OVERFILL_KV_SECRET") or secrets.token_hex(16)
+        secret = self.kv.secret or os.environ.get(KV_SECRET_ENV) or secrets.token_hex(16)
         return dataclasses.replace(self, kv=dataclasses.replace(self.kv, secret=secret))
 
 
@@ -193,8 +193,16 @@ def _get(obj, dotted: str):
     return obj
 
 
+APP_IMPORT_PATH = "services.app:app_builder"
+KV_SECRET_ENV = "OVERFILL_KV_SECRET"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ServiceConfig:
-    """YAML file (or the defaults) plus `section.field=value` overrides -> a validated ServiceConfig."""
+    """YAML file (or the defaults) plus `section.field=value` overrides -> a validated ServiceConfig.
+
+    The file is either a ServiceConfig (sections at the top level) or a Ray Serve config file (deploy/*.yaml) whose
+    application with import_path `services.app:app_builder` carries the ServiceConfig as its `args`; from the Serve
+    file come the gRPC/HTTP ports, the application name and route prefix."""
     data: dict = {}
     if path is not None:
         try:
@@ -203,6 +211,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Se
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        if "applications" in data:
+            data = service_args_of(data, str(path))
+    return config_from_dict(data, overrides)
+
+
+def service_args_of(serve_config: dict, source: str = "config") -> dict:
+    """The ServiceConfig sections inside a Ray Serve config file, with the server fields Serve owns filled in."""
+    apps = [a for a in serve_config.get("applications") or [] if isinstance(a, dict)
+            and a.get("import_path") == APP_IMPORT_PATH]
+    if len(apps) != 1:
+        raise ConfigError(f"{source}: needs exactly one application with import_path {APP_IMPORT_PATH}, "
+                          f"found {len(apps)}")
+    app = apps[0]
+    data = dict(app.get("args") or {})
+    server = dict(data.get("server") or {})
+    owned = {"app_name": app.get("name"), "route_prefix": app.get("route_prefix"),
+             "grpc_port": (serve_config.get("grpc_options") or {}).get("port"),
+             "http_port": (serve_config.get("http_options") or {}).get("port")}
+    for name, value in owned.items():
+        if name in server:
+            raise ConfigError(f"{source}: server.{name} comes from the Ray Serve part of the file; "
+                              f"remove it from applications[].args.server")
+        if value is not None:
+            server[name] = value
+    data["server"] = server
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] = ()) -> ServiceConfig:
+    """Sections as a mapping (a YAML file's, or a Serve application's `args`) plus overrides -> validated config."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or "." not in key:

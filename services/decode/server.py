@@ -17,7 +17,9 @@ from overfill.serving.faults import FaultPlan
 from overfill.serving.types import PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
+from services.autoscaling import DECODE_METRIC
 from services.metrics import DecodeMetrics
+from services.prefill.server import kv_host
 
 
 class DecodeServer:
@@ -30,7 +32,7 @@ class DecodeServer:
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
         self.metrics = DecodeMetrics()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,
-                                      bind_host=config.kv.bind_host, transfer_timeout_s=config.kv.transfer_timeout_s)
+                                      bind_host=kv_host(config), transfer_timeout_s=config.kv.transfer_timeout_s)
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
@@ -57,6 +59,11 @@ class DecodeServer:
         stats = self.worker.stats()
         self.metrics.refresh(stats)
         return stats
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Polled by Ray Serve for autoscaling (services/autoscaling.py): sequences running or waiting per slot."""
+        stats = self.worker.stats()
+        return {DECODE_METRIC: (stats["num_running"] + stats["num_waiting"]) / self.worker.settings.num_slots}
 
     def __del__(self):
         self.worker.close()

@@ -17,16 +17,27 @@ from overfill.serving.faults import FaultPlan
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
 from overfill.transport.base import make_sender
+from services.autoscaling import PREFILL_METRIC
 from services.metrics import PrefillMetrics
 
 log = logging.getLogger(__name__)
+
+
+def kv_host(config: ServiceConfig) -> str:
+    """The address the KV service listens on: `kv.bind_host`, where `node-ip` means this node's cluster IP (the pod
+    IP on Kubernetes), for clusters whose decode replicas run on other nodes."""
+    if config.kv.bind_host == "node-ip":
+        import ray
+
+        return ray.util.get_node_ip_address()
+    return config.kv.bind_host
 
 
 class PrefillServer:
     def __init__(self, config: ServiceConfig):
         apply_torch_threads(config.prefill.torch_threads)
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
-        self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{config.kv.bind_host}:0",
+        self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
                                   device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s)
         self.metrics = PrefillMetrics()
@@ -60,6 +71,10 @@ class PrefillServer:
         stats = await self.stats()
         self.metrics.refresh(stats)
         return stats
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Polled by Ray Serve for autoscaling (services/autoscaling.py): prompt tokens waiting for a batch."""
+        return {PREFILL_METRIC: float(self.worker.stats()["queued_prompt_tokens"])}
 
     def __del__(self):
         """Ray Serve calls this when it stops the replica (upgrade, scale-in), once the replica's in-flight calls

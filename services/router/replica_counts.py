@@ -14,8 +14,11 @@ class ReplicaCounts:
     """Asks the Serve controller (`serve.status()`, a blocking call, so off the event loop) at most once per
     `max_age_s`; concurrent callers share one refresh. An unreachable controller gives the last known counts."""
 
-    def __init__(self, app_name: str, max_age_s: float = 1.0):
-        self.app_name, self.max_age_s = app_name, max_age_s
+    def __init__(self, max_age_s: float = 1.0):
+        from ray import serve
+
+        self.app_name = serve.get_replica_context().app_name  # the router's own application
+        self.max_age_s = max_age_s
         self.counts: dict[str, int] = {}
         self.refreshed_at = float("-inf")
         self.lock = asyncio.Lock()

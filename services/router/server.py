@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from ray.exceptions import RayActorError
@@ -33,7 +34,7 @@ from overfill.serving.config import ServiceConfig
 from overfill.serving.faults import FaultPlan, plan_from_metadata
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
-from overfill.serving.validation import Limits, StopStringMatcher, validate_request
+from overfill.serving.validation import Limits, StopStringMatcher, max_token_chars, validate_request
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
@@ -91,7 +92,7 @@ class GenerationRouter:
         self.kv_releaser = lease_releaser(config)
         if config.faults.enabled:
             log.warning("faults.enabled: TEST-ONLY chaos hooks are on; any client can stall or break its requests")
-        self.replica_counts = ReplicaCounts(config.server.app_name)
+        self.replica_counts = ReplicaCounts()
         self.num_running = 0
         # API keys are read here, from this replica's own file or environment; none found is a start-up error.
         self.api_keys = ApiKeyChecker(load_api_keys(config.auth)) if config.auth.enabled else None
@@ -101,7 +102,8 @@ class GenerationRouter:
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
-                             config.server.default_max_tokens)
+                             config.server.default_max_tokens, max_token_chars(self.tokenizer))
+        self.tokenize_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-tokenize")
         decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
         self.model_info = self._model_info(AutoConfig.from_pretrained(model_dir), read_manifest(decoder_dir),
                                            str(decoder_dir))
@@ -229,8 +231,10 @@ class GenerationRouter:
                         faults: FaultPlan | None = None) -> AsyncIterator[pb.GenerateResponse]:
         """`faults`: test-only chaos hooks for this request (None unless the config enables them)."""
         arrival = time.perf_counter()
-        # 1) Validate and tokenize once.
-        valid = validate_request(request, self.tokenizer, self.limits)
+        # 1) Validate and tokenize once, on a thread of its own: a long prompt takes seconds (the tokenizer releases
+        #    the GIL), and meanwhile the event loop streams every other request's tokens.
+        valid = await asyncio.get_running_loop().run_in_executor(self.tokenize_thread, validate_request, request,
+                                                                 self.tokenizer, self.limits)
         rid = valid.request_id
         self.request_log.received(rid, request, len(valid.prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer)

@@ -1,0 +1,69 @@
+"""The decode pool autoscales on KV demand on a local Ray cluster with tiny models, deployed from deploy/local.yaml
+(its policy, with the delays shortened): it scales up while the load lasts and back down after it."""
+
+import asyncio
+import threading
+
+import pytest
+
+from overfill.client import AsyncOverFillClient, OverFillClient
+from services.app import read_serve_file
+from tests.service_helpers import assert_no_kv_left, build_tiny_models, tiny_service_config, wait_for
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, monkeypatch_module):
+    from services.app import start_service, stop_service
+
+    # Replicas report their autoscaling metrics every second instead of every ten.
+    monkeypatch_module.setenv("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+    serve_file = read_serve_file("deploy/local.yaml")
+    (decode,) = serve_file["applications"][0]["deployments"]
+    decode["autoscaling_config"].update(upscale_delay_s=0, downscale_delay_s=2, look_back_period_s=2)
+    full_dir, decoder_dir = build_tiny_models(tmp_path_factory.mktemp("autoscaling"))
+    config = tiny_service_config(full_dir, decoder_dir, "decode.num_slots=2", "decode.max_waiting=64",
+                                 "server.max_tokens_limit=128")
+    config = start_service(config, ray_init_kwargs={"num_cpus": 2}, serve_file=serve_file)
+    yield config
+    stop_service()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def replicas(config) -> dict[str, int]:
+    with OverFillClient(f"127.0.0.1:{config.server.grpc_port}") as client:
+        return dict(client.health_report().replicas)
+
+
+def test_decode_pool_scales_up_under_load_and_back_down(service):
+    address = f"127.0.0.1:{service.server.grpc_port}"
+    stop, finished, failures = threading.Event(), [], []
+
+    async def load():
+        async with AsyncOverFillClient(address, timeout_s=120) as client:
+            async def one(i):
+                while not stop.is_set():
+                    try:
+                        pieces = [p async for p in client.generate(f"load {i}", max_tokens=120)]
+                        finished.append(pieces[-1].finish_reason)
+                    except Exception as e:  # noqa: BLE001  counted, asserted below
+                        failures.append(e)
+            await asyncio.gather(*(one(i) for i in range(12)))  # 12 streams on 2 slots: KV demand 6
+
+    assert replicas(service)["decode"] == 1
+    driver = threading.Thread(target=lambda: asyncio.run(load()))
+    driver.start()
+    try:
+        assert wait_for(lambda: replicas(service)["decode"] == 2, timeout_s=60), replicas(service)
+    finally:
+        stop.set()
+        driver.join(timeout=120)
+    assert not failures and finished
+    assert wait_for(lambda: replicas(service)["decode"] == 1, timeout_s=60), replicas(service)
+    assert_no_kv_left(service)

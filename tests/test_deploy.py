@@ -1,0 +1,138 @@
+"""The deploy files: every Ray Serve config validates against Ray Serve's own schema and maps onto a valid
+ServiceConfig; autoscaling policies import and accept their arguments; the KubeRay RayService puts prefill and
+decode on separate GPU worker groups, names the gRPC port serve-grpc, probes every pod and mounts the models."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+from ray.serve.schema import ServeDeploySchema
+
+from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, load_config
+from services.app import serve_config_of
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+SERVE_FILES = sorted(DEPLOY.glob("*.yaml"))
+RAYSERVICE = DEPLOY / "kuberay" / "rayservice.yaml"
+POOLS = {"router", "prefill", "decode"}
+
+
+def rayservice_documents() -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(RAYSERVICE.read_text())}
+
+
+def serve_configs() -> list[tuple[str, dict]]:
+    files = [(path.name, yaml.safe_load(path.read_text())) for path in SERVE_FILES]
+    return files + [("rayservice serveConfigV2", yaml.safe_load(rayservice_documents()["RayService"]["spec"]
+                                                                ["serveConfigV2"]))]
+
+
+def our_app(serve_config: dict) -> dict:
+    (app,) = [a for a in serve_config["applications"] if a["import_path"] == APP_IMPORT_PATH]
+    return app
+
+
+def test_the_deploy_files_are_there():
+    assert {p.name for p in SERVE_FILES} >= {"local.yaml", "gpu-single-node.yaml"}
+
+
+@pytest.mark.parametrize("name, serve_config", serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_serve_config_validates_against_ray_serve_schema(name, serve_config, tmp_path):
+    schema = ServeDeploySchema.model_validate(serve_config)
+    app = our_app(serve_config)
+    assert "overfill.v1.generation_pb2_grpc.add_GenerationServicer_to_server" in \
+        schema.grpc_options.grpc_servicer_functions
+    # The args are a valid ServiceConfig, with the ports and names Serve owns taken from the Serve part.
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    config = load_config(path)
+    assert config.server.grpc_port == schema.grpc_options.port and config.server.app_name == app["name"]
+    # Deployment overrides name real deployments, and Ray Serve accepts their autoscaling configs and policies.
+    for deployment in app.get("deployments", []):
+        assert deployment["name"] in POOLS
+        if "autoscaling_config" in deployment:
+            autoscaling = AutoscalingConfig(**deployment["autoscaling_config"])
+            instantiate(autoscaling.policy)
+    if "autoscaling_policy" in app:
+        instantiate(AutoscalingPolicy(**app["autoscaling_policy"]))
+        scaled = {d["name"] for d in app["deployments"] if "autoscaling_config" in d}
+        assert scaled >= {"prefill", "decode"}, "an application policy scales only deployments with autoscaling_config"
+
+
+def instantiate(policy: AutoscalingPolicy):
+    """What the Serve controller does with a policy: import it, and build it with its kwargs if it is a class."""
+    target = policy.get_policy()
+    return target(**policy.policy_kwargs) if isinstance(target, type) else target
+
+
+def test_service_config_round_trips_through_its_serve_config(tmp_path):
+    config = load_config(None, ["prefill.max_batch_size=3", "server.grpc_port=9100", "server.app_name=of"])
+    serve_config = serve_config_of(config, yaml.safe_load((DEPLOY / "local.yaml").read_text()))
+    ServeDeploySchema.model_validate(serve_config)
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    assert load_config(path) == config
+    # The deploy file's own Serve options survive (the decode pool's autoscaling).
+    assert "autoscaling_config" in our_app(serve_config)["deployments"][0]
+
+
+def test_the_kv_secret_travels_in_the_environment_never_in_the_logged_args():
+    config = load_config(None, ["kv.secret=s3cret-for-this-test"])
+    app = our_app(serve_config_of(config))
+    assert "secret" not in app["args"]["kv"] and "s3cret" not in yaml.safe_dump(app["args"])
+    assert app["runtime_env"]["env_vars"]["OVERFILL_KV_SECRET"] == "s3cret-for-this-test"
+
+
+def test_serve_owned_fields_are_refused_in_args(tmp_path):
+    serve_config = yaml.safe_load((DEPLOY / "local.yaml").read_text())
+    our_app(serve_config)["args"]["server"]["grpc_port"] = 9001
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    with pytest.raises(ConfigError, match="server.grpc_port comes from the Ray Serve part"):
+        load_config(path)
+
+
+def test_rayservice_puts_prefill_and_decode_on_separate_gpu_groups():
+    cluster = rayservice_documents()["RayService"]["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    app = our_app(yaml.safe_load(rayservice_documents()["RayService"]["spec"]["serveConfigV2"]))
+    options = {d["name"]: d.get("ray_actor_options", {}) for d in app["deployments"]}
+    group_resources = {name: set(yaml.safe_load(yaml.safe_load(g["rayStartParams"]["resources"])))
+                       for name, g in groups.items()}
+    for pool, group in (("prefill", "prefill-gpu"), ("decode", "decode-gpu")):
+        assert options[pool]["num_gpus"] == 1
+        (wanted,) = options[pool]["resources"]
+        assert [name for name, resources in group_resources.items() if wanted in resources] == [group]
+        container = groups[group]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert app["args"]["models"]["device"] == "cuda"
+
+
+def test_rayservice_ports_probes_models_and_secret():
+    documents = rayservice_documents()
+    spec = documents["RayService"]["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    cluster = spec["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    grpc_port = serve_config["grpc_options"]["port"]
+    models = our_app(serve_config)["args"]["models"]
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["serve-grpc"] == grpc_port
+        assert "readinessProbe" in container and "livenessProbe" in container
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+        assert mount["readOnly"] and all(models[k].startswith(mount["mountPath"] + "/") for k in ("full", "decoder"))
+        assert any(v["name"] == "models" and "persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+        secret = {e["name"]: e for e in container["env"]}["OVERFILL_KV_SECRET"]
+        assert secret["valueFrom"]["secretKeyRef"]["name"] == "overfill-kv"
+    service = documents["Service"]["spec"]
+    assert service["ports"][0]["name"] == "serve-grpc" and service["ports"][0]["targetPort"] == "serve-grpc"
+    assert our_app(serve_config)["args"]["kv"]["bind_host"] == "node-ip"  # decode pulls from other pods
+
+
+def test_every_serve_config_is_a_service_config_default_where_silent():
+    config = load_config(DEPLOY / "local.yaml")
+    assert isinstance(config, ServiceConfig) and config.models.full == "smollm2-135m"
+    assert config.server.grpc_port == 9000 and config.server.metrics_port == 8080
