@@ -80,6 +80,10 @@ class _SenderPair:
         self._thread = threading.Thread(target=self._run, args=(build,), daemon=True, name=f"kv-send-{group_id[:8]}")
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, lease: Lease) -> bool:
         """Queue a lease's bytes; False if the pair is broken (nothing queued)."""
         with self._lock:
@@ -203,6 +207,7 @@ class ProcessGroupKVSender(GrpcKVSender):
         self.pair_idle_s = pair_idle_s
         self._bind_host = bind_address.rsplit(":", 1)[0]
         self._pairs: dict[str, _SenderPair] = {}  # receiver_id -> its current pair
+        self._retired: list[_SenderPair] = []      # replaced or closed pairs whose thread may still be finishing
         self._pairs_lock = threading.Lock()
         self._store: StoreHost | None = None
         self.num_failed_transfers = 0
@@ -233,7 +238,10 @@ class ProcessGroupKVSender(GrpcKVSender):
 
             old = self._pairs.pop(receiver_id, None)
             for gone in [r for r, pair in self._pairs.items() if pair.broken]:  # closed pairs of other receivers
-                del self._pairs[gone]
+                self._retired.append(self._pairs.pop(gone))
+            if old is not None:
+                self._retired.append(old)
+            self._retired = [pair for pair in self._retired if pair.running]
             self._pairs[receiver_id] = _SenderPair(group_id, receiver_id, build, self._transfer_failed,
                                                    self.pair_idle_s)
         if old is not None:
@@ -257,7 +265,8 @@ class ProcessGroupKVSender(GrpcKVSender):
     def close(self) -> None:
         super().close()
         with self._pairs_lock:
-            pairs, self._pairs = list(self._pairs.values()), {}
+            pairs, self._pairs = list(self._pairs.values()) + self._retired, {}
+            self._retired = []
             store, self._store = self._store, None
         for pair in pairs:
             pair.close(wait_s=10.0)  # not left running into interpreter shutdown
