@@ -1,28 +1,31 @@
-"""Fault injection on the running service (one local Ray cluster, tiny models, 2 prefill + 2 decode replicas): a
-decode replica killed mid-stream (migrated once, then UNAVAILABLE), a prefill replica killed between its ticket and
-the pull, a KV connection dropped mid-transfer, a transfer that starts after its lease expired, a decode step stalled
-past the deadline. For each: the client's status and message (with the request id) within its deadline, Serve
-replacing the dead replicas, the others serving the tokens in-process generation gives, and no lease or slot left on
-any replica (their accounting, then Prometheus).
+"""Fault injection and a rolling upgrade on the running service (one local Ray cluster, tiny models, 2 prefill + 2
+decode replicas): a decode replica killed mid-stream (migrated once, then UNAVAILABLE), a prefill replica killed
+between its ticket and the pull, a KV connection dropped mid-transfer, a transfer that starts after its lease
+expired, a decode step stalled past the deadline, and both pools redeployed under load. For each: the client's
+status and message (with the request id) within its deadline, Serve replacing the dead replicas, the others serving
+the tokens in-process generation gives, and no lease or slot left on any replica (their accounting, then Prometheus).
 
 Faults that need injection travel with one request as `x-overfill-faults` metadata (overfill/serving/faults.py;
 `faults.enabled` is on in this module only). Replicas are killed with ray.kill on their actor (tests/faults/replicas.py).
 Killed replicas are replaced while the next tests run; `test_serve_replaces_every_killed_replica` waits for it.
 """
 
+import asyncio
 import time
 
 import pytest
 
-from overfill.client import OverFillClient, OverFillError
+from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
 from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
+from overfill.serving.config import APP_IMPORT_PATH
 from overfill.serving.faults import FAULTS_METADATA_KEY
 from tests.faults.replicas import (
     assert_no_kv_anywhere,
     busy_replica,
     kill_replica,
     metric,
+    pool_states,
     replica_actors,
     replica_stats,
     scrape,
@@ -189,6 +192,54 @@ def test_a_second_decode_death_ends_the_request_with_unavailable(service):
     wait_pool_restored(app, "decode", service["config"].decode.num_replicas)
     assert_serves_correctly(service)
     assert_no_kv_anywhere(service["config"])
+
+
+def test_a_rolling_upgrade_of_both_pools_under_load_fails_no_request(service):
+    """Redeploy the Serve config with new actor options for both pools (what changes them: Ray Serve restarts
+    replicas one at a time, each stopped one draining its calls and, for prefill, its leases) while 8 streams run."""
+    from ray.serve.context import _get_global_client
+
+    from services.app import start_service
+
+    app, config = service["app"], service["config"]
+    before = {pool: set(replica_actors(app, pool)) for pool in ("router", "prefill", "decode")}
+    references = {p: in_process(service, prompt_ids(service, p), 16) for p in PROMPTS}
+    upgrade = {"applications": [{"import_path": APP_IMPORT_PATH, "deployments": [
+        {"name": pool, "ray_actor_options": {"num_cpus": 0.2}} for pool in ("prefill", "decode")]}]}
+
+    def upgraded() -> bool:
+        return all(pool_states(app, pool) == {"RUNNING": 2} and not set(replica_actors(app, pool)) & before[pool]
+                   for pool in ("prefill", "decode"))
+
+    async def run() -> tuple[list[bool], list[OverFillError]]:
+        outcomes, failures, done = [], [], asyncio.Event()
+        async with AsyncOverFillClient(service["address"], timeout_s=60) as client:
+            async def stream_forever(worker: int) -> None:
+                for turn in range(10_000):
+                    if done.is_set():
+                        return
+                    prompt = PROMPTS[(worker + turn) % len(PROMPTS)]
+                    try:
+                        tokens = [t async for piece in client.generate(prompt, max_tokens=16) for t in piece.token_ids]
+                        outcomes.append(tokens == references[prompt])
+                    except OverFillError as e:
+                        failures.append(e)
+
+            streams = [asyncio.create_task(stream_forever(worker)) for worker in range(8)]
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(start_service, config, serve_file=upgrade)  # returns once deployed
+            assert await asyncio.to_thread(wait_for, upgraded, 120)
+            await asyncio.sleep(1.0)
+            done.set()
+            await asyncio.gather(*streams)
+        return outcomes, failures
+
+    outcomes, failures = asyncio.run(run())
+    assert failures == [] and len(outcomes) >= 16 and all(outcomes)
+    assert set(replica_actors(app, "router")) == before["router"]  # untouched: only the pools were redeployed
+    details = _get_global_client().get_serve_details()["applications"][app]["deployments"]
+    assert details["decode"]["deployment_config"]["graceful_shutdown_timeout_s"] == 25  # decode's config field
+    assert_no_kv_anywhere(config)
 
 
 def test_metrics_account_for_every_fault_and_show_no_kv_held(service):
