@@ -120,3 +120,38 @@ def test_the_ingress_registers_every_rpc_of_the_generation_service_leniently():
         assert isinstance(handler.request_deserializer(b"\xff"), UnparsableRequest)
         too_big = handler.request_deserializer(bytes(MAX_REQUEST_BYTES + 1))
         assert isinstance(too_big, UnparsableRequest) and "more than the 8388608 accepted" in too_big.message
+
+
+def test_a_text_too_long_to_fit_is_refused_before_tokenizing():
+    from overfill.serving.validation import max_token_chars
+
+    class NeverTokenize:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("tokenized a text that could not fit")
+
+    limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8, max_token_chars=13)
+    for request, field in [(pb.GenerateRequest(prompt="x" * (4 * 13 * 56 + 1)), "prompt"),
+                           (pb.GenerateRequest(prompt="x" * (4 * 13 * 34 + 1), max_tokens=30), "prompt")]:
+        with pytest.raises(ServiceError) as error:
+            validate_request(request, NeverTokenize(), limits)
+        assert error.value.code == "RESOURCE_EXHAUSTED" and f"{field} (" in error.value.message
+    from tests.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    assert max_token_chars(tokenizer) == 13
+    ok = validate_request(pb.GenerateRequest(prompt="hello " * 5), tokenizer, limits)  # short texts still tokenize
+    assert ok.prompt_ids == tokenizer("hello " * 5)["input_ids"]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(text=st.text(max_size=300))
+def test_no_token_covers_more_characters_than_its_vocabulary_entry(text):
+    """What the length pre-check rests on, for the byte-level BPE of the tests' models (no normalizer)."""
+    from overfill.serving.validation import max_token_chars
+    from tests.tiny import tiny_tokenizer
+
+    tokenizer = _TOKENIZER.setdefault("tiny", tiny_tokenizer())
+    assert len(tokenizer(text)["input_ids"]) * max_token_chars(tokenizer) >= len(text)
+
+
+_TOKENIZER: dict = {}

@@ -24,11 +24,32 @@ ROLES = ("system", "user", "assistant")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+CHARS_PER_TOKEN_SLACK = 4  # a normalizer may compose characters (NFC: e + U+0301 -> U+00E9) before tokens are cut
+
+
 @dataclass(frozen=True)
 class Limits:
     max_context_tokens: int
     max_tokens_limit: int
     default_max_tokens: int
+    max_token_chars: int = 0  # characters one token covers at most (max_token_chars()); 0: no length pre-check
+
+
+def max_token_chars(tokenizer) -> int:
+    """The longest vocabulary entry. Byte-level BPE spells each byte as one character, so no token covers more
+    characters of the text than its entry has."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def _tokenize(tokenizer, text: str, field: str, max_tokens: int, limits: Limits, **kwargs) -> list[int]:
+    """Token ids of `text`, refusing at once a text too long for any tokenization of it to fit: a megabyte of text
+    takes seconds to tokenize, only to be refused afterwards."""
+    room = limits.max_context_tokens - max_tokens
+    if limits.max_token_chars and len(text) > CHARS_PER_TOKEN_SLACK * limits.max_token_chars * room:
+        raise ServiceError("RESOURCE_EXHAUSTED", f"{field} ({len(text)} characters) cannot fit the "
+                                                 f"{room} tokens left by max_tokens ({max_tokens}) in the context "
+                                                 f"of {limits.max_context_tokens}")
+    return tokenizer(text, **kwargs)["input_ids"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +98,7 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
             raise _invalid("prompt is empty")
         if len(request.prompt) > MAX_PROMPT_CHARS:
             raise _invalid(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        prompt_ids = tokenizer(request.prompt)["input_ids"]
+        prompt_ids = _tokenize(tokenizer, request.prompt, "prompt", max_tokens, limits)
     elif which == "chat":
         messages = request.chat.messages
         if not messages:
@@ -90,7 +111,7 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
         if not has_chat_template(tokenizer):
             raise _invalid("chat is not available: the model has no chat template (send prompt instead)")
         text = render_chat(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt_ids = _tokenize(tokenizer, text, "chat", max_tokens, limits, add_special_tokens=False)
     else:
         raise _invalid("one of prompt or chat must be set")
     if not prompt_ids:
