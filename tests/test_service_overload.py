@@ -35,13 +35,11 @@ CAPACITY = NUM_SLOTS + MAX_WAITING + MAX_BATCH + MAX_QUEUED
 MAX_QUEUED_TOKENS, MAX_LEASED_TOKENS = 256, 512
 ROUTER_ONGOING, ROUTER_QUEUED = 16, 4
 DEADLINE_S = 60.0
-MAX_TOKENS_LIMIT, MAX_CONTEXT = 64, 256
+MAX_TOKENS_LIMIT = 64  # tiny_service_config's server.max_tokens_limit
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from ray import serve
-
     from services.app import start_service, stop_service
 
     root = tmp_path_factory.mktemp("overload")
@@ -54,7 +52,7 @@ def service(tmp_path_factory):
         "prefill.torch_threads=1", "decode.torch_threads=1")  # two cores: leave some to the proxy and the router
     config = start_service(config, ray_init_kwargs={"num_cpus": 2})
     engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
-    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine, "serve": serve}
+    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine}
     stop_service()
 
 
@@ -94,13 +92,10 @@ def burst_prompt(index: int) -> tuple[str, int]:
     return f"request {index} says hello", 16
 
 
-def test_a_burst_of_ten_times_capacity_is_served_or_refused_fast(service):
+def burst(service, num_requests: int) -> tuple[list, list, float]:
+    """`num_requests` streams sent at once -> ((code, seconds, message, token ids) per request, pool stats sampled
+    every 20 ms meanwhile, seconds the burst took)."""
     config = service["config"]
-    replicas_before, rss_before = replica_ids(config), replica_rss(config)
-    assert set(rss_before) == {"router", "prefill", "decode"}, rss_before
-    num_requests = 10 * CAPACITY
-
-    # Sample the pools' own accounting while the burst runs: the bounded queues must stay bounded.
     samples, stop = [], threading.Event()
 
     def sample_pools():
@@ -117,51 +112,69 @@ def test_a_burst_of_ten_times_capacity_is_served_or_refused_fast(service):
         except OverFillError as e:
             return e.code, time.perf_counter() - start, e.message, []
 
-    async def burst():
+    async def send_all():
         async with AsyncOverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
             return await asyncio.gather(*(one(client, i) for i in range(num_requests)))
 
     sampler = threading.Thread(target=sample_pools, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    results = asyncio.run(burst())
+    results = asyncio.run(send_all())
     elapsed = time.perf_counter() - started
     stop.set()
     sampler.join(10)
+    return results, samples, elapsed
 
+
+def check_burst(service, results: list, samples: list, elapsed: float, timed: bool = True) -> None:
+    """`timed`: hold refusal latencies to their bounds (not in the first burst, which pays every first-time cost)."""
     # 1) Every request was served correctly or refused with RESOURCE_EXHAUSTED; nothing else, nothing hung.
-    codes = [code for code, *_ in results]
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, [r[:3] for r in results if r[0] != "OK"]
+    assert {code for code, *_ in results} <= {"OK", "RESOURCE_EXHAUSTED"}, [r[:3] for r in results if r[0] != "OK"]
     served = [i for i, r in enumerate(results) if r[0] == "OK"]
     refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
-    assert len(served) >= CAPACITY // 2 and len(refused) >= num_requests // 2, (len(served), len(refused))
+    assert len(served) >= CAPACITY // 2 and len(refused) >= len(results) // 2, (len(served), len(refused))
     for index in served:
         prompt, max_tokens = burst_prompt(index)
         assert results[index][3] == in_process(service, prompt, max_tokens), index
-    # 2) Refusals are quick: well under a second each, however many requests are in flight.
+    # 2) Refusals are quick, however many requests are in flight.
     refusal_s = sorted(r[1] for r in refused)
     p50, p99 = statistics.median(refusal_s), refusal_s[int(0.99 * (len(refusal_s) - 1))]
-    print(f"\nburst of {num_requests} (capacity {CAPACITY}) in {elapsed:.2f} s: {len(served)} served, "
-          f"{len(refused)} refused; refusal latency p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
+    served_p50 = statistics.median(results[i][1] for i in served)
+    print(f"\nburst of {len(results)} (capacity {CAPACITY}) in {elapsed:.2f} s: {len(served)} served "
+          f"(p50 {served_p50 * 1e3:.0f} ms), {len(refused)} refused: p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
           f"max {refusal_s[-1] * 1e3:.0f} ms")
     reasons: dict[str, list[float]] = {}
     for _, seconds, message, _ in refused:
         reasons.setdefault(re.sub(r"\d+", "N", message)[:40], []).append(seconds)
     print("refused by:", {reason: f"{len(s)} x {statistics.median(s) * 1e3:.0f} ms" for reason, s in reasons.items()})
-    assert p50 < 1.0 and refusal_s[-1] < 3.0, refusal_s  # a bare proxy refusal is ~0.2 s on a busy 2-core box
-    assert max(r[1] for r in results) < DEADLINE_S / 2
+    # A refusal waits for no capacity: on a quiet 2-core machine p50 is ~0.15 s (the proxy's own refusals, most of
+    # them) and the slowest ~2 s (refused by decode, after a prefill); other jobs on the cores stretch every latency.
+    if timed:
+        assert p50 < 1.0 and p50 < served_p50 / 2, (p50, served_p50)
+    assert max(r[1] for r in results) < DEADLINE_S / 4  # and nothing came near its deadline
     # 3) The bounds held at every sample.
     assert samples
     for prefill, decode in samples:
         assert prefill["num_waiting"] <= MAX_QUEUED and prefill["queued_prompt_tokens"] <= MAX_QUEUED_TOKENS
         assert prefill["leased_tokens"] <= MAX_LEASED_TOKENS, prefill
         assert decode["num_waiting"] <= MAX_WAITING and decode["num_running"] <= NUM_SLOTS
+
+
+def test_bursts_of_ten_times_capacity_are_served_or_refused_fast(service):
+    """Two bursts: the first also warms the replicas up (first batches allocate their buffers); memory must not grow
+    from one to the next."""
+    config = service["config"]
+    replicas_before = replica_ids(config)
+    check_burst(service, *burst(service, 10 * CAPACITY), timed=False)
+    rss_warm = replica_rss(config)
+    assert set(rss_warm) == {"router", "prefill", "decode"}, rss_warm
+    check_burst(service, *burst(service, 10 * CAPACITY))
     # 4) Same replicas, flat memory, no KV left, and the next request is served correctly.
     assert replica_ids(config) == replicas_before
     rss_after = replica_rss(config)
-    growth = {name: (rss_after[name] - rss_before[name]) / 2**20 for name in rss_before}
-    print("replica RSS growth (MiB):", {name: round(mib, 1) for name, mib in growth.items()})
-    assert all(mib < 100 for mib in growth.values()), growth
+    growth = {name: (rss_after[name] - rss_warm[name]) / 2**20 for name in rss_warm}
+    print("replica RSS growth over the second burst (MiB):", {name: round(mib, 1) for name, mib in growth.items()})
+    assert all(mib < 48 for mib in growth.values()), growth
     assert_no_kv_left(config)
     with OverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
         assert client.health() == "SERVING"
@@ -172,7 +185,7 @@ def test_a_burst_of_ten_times_capacity_is_served_or_refused_fast(service):
 def test_requests_sharing_a_request_id_are_independent(service):
     """A request_id labels logs and replies only: concurrent requests with one id are all served, each correctly,
     and one ending early (cancelled) frees only its own KV."""
-    prompts = [f"twin {i} speaks" for i in range(4)]
+    prompts = [f"twin {i} speaks" for i in range(NUM_SLOTS + MAX_WAITING - 1)]  # with the one cancelled: all admitted
 
     async def run():
         async with AsyncOverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
@@ -190,6 +203,39 @@ def test_requests_sharing_a_request_id_are_independent(service):
             return results[:-1]
 
     assert asyncio.run(run()) == [in_process(service, p, 20) for p in prompts]
+    assert_no_kv_left(service["config"])
+
+
+def test_a_megabyte_prompt_is_refused_at_once_and_stalls_no_other_stream(service):
+    """1 Mi CJK characters (3 MiB on the wire, accepted as bytes) cannot fit 256 tokens: refused by length before
+    tokenizing, which took seconds on the router's event loop and stalled every stream it carried."""
+    huge = "".join(chr(0x4E00 + i % 2000) for i in range(1 << 20))
+
+    async def run():
+        async with AsyncOverFillClient(service["address"], timeout_s=DEADLINE_S) as client:
+            gaps = []
+
+            async def steady():
+                last = time.perf_counter()
+                async for _ in client.generate("a steady stream", max_tokens=48):
+                    gaps.append(time.perf_counter() - last)
+                    last = time.perf_counter()
+
+            async def megabyte():
+                await asyncio.sleep(0.2)  # while the stream runs
+                start = time.perf_counter()
+                with pytest.raises(OverFillError) as error:
+                    await client.generate_unary(huge, max_tokens=8)
+                return error.value, time.perf_counter() - start
+
+            _, (error, seconds) = await asyncio.gather(steady(), megabyte())
+            return gaps, error, seconds
+
+    gaps, error, seconds = asyncio.run(run())
+    print(f"\n1 Mi-character prompt refused in {seconds * 1e3:.0f} ms; longest gap of the stream beside it "
+          f"{max(gaps) * 1e3:.0f} ms")
+    assert error.code == "RESOURCE_EXHAUSTED" and "prompt (1048576 characters) cannot fit" in error.message
+    assert seconds < 2.0 and max(gaps) < 1.0, (seconds, max(gaps))
     assert_no_kv_left(service["config"])
 
 
@@ -328,6 +374,8 @@ def fuzz_state(service):
 @example(fields={"input": ("prompt", "hi"), "max_tokens": 4, "temperature": None, "top_p": None, "seed": None,
                  "stop": [], "request_id": "ok", "invalid_utf8": ((8, "request_id"), b"\xff"),
                  "method": "GenerateUnary"})
+@example(fields={"input": ("prompt", "hi"), "max_tokens": 4, "temperature": None, "top_p": None, "seed": None,
+                 "stop": [], "request_id": "\u00e9" * 20_000, "invalid_utf8": None, "method": "Generate"})
 @example(fields={"input": ("chat", []), "max_tokens": 4, "temperature": float("nan"), "top_p": None,
                  "seed": 2**64 - 1, "stop": [], "request_id": "dup-id", "invalid_utf8": None, "method": "Generate"})
 def test_fuzzed_requests_get_precise_statuses_and_never_crash_a_replica(service, fuzz_state, fields):

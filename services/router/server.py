@@ -34,7 +34,7 @@ from overfill.serving.config import ServiceConfig
 from overfill.serving.faults import FaultPlan, plan_from_metadata
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
-from overfill.serving.validation import Limits, StopStringMatcher, max_token_chars, validate_request
+from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
@@ -190,7 +190,9 @@ class GenerationRouter:
             raise
         except Exception as e:  # noqa: BLE001  every failure leaves as a status
             status = (service_error_of(e) or ServiceError("INTERNAL", "")).code
-            self._abort(e, grpc_context, getattr(request, "request_id", ""))  # none if UnparsableRequest
+            request_id = getattr(request, "request_id", "")  # an UnparsableRequest has none
+            # A status names a valid id only: a 20 KB one overflowed the trailers (the client saw RESOURCE_EXHAUSTED).
+            self._abort(e, grpc_context, request_id if REQUEST_ID.fullmatch(request_id) else "")
         finally:
             self.num_running -= 1
             self.metrics.running.set(self.num_running)
