@@ -229,10 +229,10 @@ def test_fuzzed_request_frames_get_precise_statuses(kv, method, raw):
         assert code == "INVALID_ARGUMENT" and details, (raw, code, details)
     elif method == "Release":
         assert code == "OK" and pb.ReleaseResponse.FromString(messages[0]).released is False
+    elif parsed.expected_dtype not in DTYPES:  # the request's own fields first, then the lease table
+        assert code == "INVALID_ARGUMENT" and "expected_dtype must be one of" in details, (raw, code, details)
     elif parsed.request_id != LEASE_ID:
         assert code == "NOT_FOUND", (raw, code, details)
-    elif parsed.expected_dtype not in DTYPES:
-        assert code == "INVALID_ARGUMENT" and "expected_dtype must be one of" in details, (raw, code, details)
     elif code == "OK":  # the fuzz found the lease's own request: then it must be the lease's exact bytes
         assert len(messages) == 1 + 2 * -(-kv["layout"].tensor_bytes // CHUNK_BYTES)
     else:
@@ -342,3 +342,79 @@ def test_lease_table_is_consistent_under_concurrent_hostile_pulls(kv):
         thread.join(30)
     assert not errors and pulled == [True, True, True]
     assert_lease_intact(kv)
+
+
+@pytest.fixture(scope="module")
+def gloo_sender():
+    """The nccl/gloo sender: the same KV service plus OpenGroup and Send (no group is ever opened here)."""
+    from overfill.transport.base import make_sender
+
+    sender = make_sender("gloo", secret=SECRET, lease_ttl_s=3600)
+    k, v = random_kv()
+    sender.publish(LEASE_ID, k, v)
+    channel = grpc.insecure_channel(sender.address)
+    yield {"sender": sender, "channel": channel, "k": k, "v": v}
+    channel.close()
+    sender.close()
+
+
+def gloo_call(gloo, method: str, raw: bytes, secret: str | None = SECRET) -> tuple[str, str]:
+    metadata = ((SECRET_METADATA_KEY, secret),) if secret is not None else ()
+    stub = gloo["channel"].unary_unary(f"/{SERVICE_NAME}/{method}", request_serializer=None,
+                                       response_deserializer=None)
+    try:
+        stub(raw, metadata=metadata, timeout=10)
+        return "OK", ""
+    except grpc.RpcError as e:
+        return e.code().name, e.details() or ""
+
+
+def send_request(dtype: str = "float32", group_id: str = "no-such-group", request_id: str = LEASE_ID) -> bytes:
+    geometry = pb.KVGeometry(num_layers=3, num_kv_heads=2, head_dim=16)
+    return pb.SendRequest(request_id=request_id, group_id=group_id, expected_dtype=dtype,
+                          expected_geometry=geometry).SerializeToString()
+
+
+def test_open_group_and_send_refuse_hostile_calls_precisely(gloo_sender):
+    for method, raw in (("Send", send_request()), ("OpenGroup", pb.OpenGroupRequest(receiver_id="r", backend="gloo")
+                                                                 .SerializeToString()), ("Send", b"\xff")):
+        assert gloo_call(gloo_sender, method, raw, "wrong") == ("UNAUTHENTICATED", "missing or wrong KV service secret")
+        assert gloo_call(gloo_sender, method, raw, None)[0] == "UNAUTHENTICATED"
+    # Bytes protobuf refuses were INTERNAL ("Exception deserializing request!").
+    assert gloo_call(gloo_sender, "Send", send_request(request_id="@" * 8).replace(b"@" * 8, b"\xff" * 8)) == \
+        ("INVALID_ARGUMENT", "request_id is not valid UTF-8")
+    code, details = gloo_call(gloo_sender, "OpenGroup", b"\x0a\x09r")
+    assert code == "INVALID_ARGUMENT" and "receiver_id is truncated" in details
+    # A dtype that is none, however long, is named cut short (a 10 KB one overflowed the trailers).
+    for dtype in ("int8", "", "\u00e9" * 5000):
+        code, details = gloo_call(gloo_sender, "Send", send_request(dtype))
+        assert code == "INVALID_ARGUMENT" and "expected_dtype must be one of" in details and len(details) < 200
+    assert gloo_call(gloo_sender, "Send", send_request())[0] == "ABORTED"  # no such group: open one first
+    assert gloo_call(gloo_sender, "OpenGroup", pb.OpenGroupRequest(backend="gloo").SerializeToString()) == \
+        ("INVALID_ARGUMENT", "receiver_id is empty")
+    code, details = gloo_call(gloo_sender, "OpenGroup", pb.OpenGroupRequest(receiver_id="r", backend="x" * 9000)
+                              .SerializeToString())
+    assert code == "FAILED_PRECONDITION" and len(details) < 300
+    lease = gloo_sender["sender"].leases.get(LEASE_ID)
+    assert len(gloo_sender["sender"].leases) == 1 and bit_equal(lease.k, gloo_sender["k"])
+
+
+@FUZZ
+@given(method=st.sampled_from(["Send", "OpenGroup"]),
+       raw=st.one_of(st.binary(max_size=64), mutated(st.just(send_request())),
+                     mutated(st.just(pb.OpenGroupRequest(receiver_id="r", backend="nccl").SerializeToString()))))
+def test_fuzzed_open_group_and_send_frames_get_precise_statuses(gloo_sender, method, raw):
+    request_class = pb.SendRequest if method == "Send" else pb.OpenGroupRequest
+    try:
+        parsed = request_class.FromString(raw)
+    except Exception:  # noqa: BLE001  unparsable: must be INVALID_ARGUMENT
+        parsed = None
+    assume(not (method == "OpenGroup" and parsed is not None and parsed.receiver_id and parsed.backend == "gloo"))
+    code, details = gloo_call(gloo_sender, method, raw)
+    if parsed is None:
+        assert code == "INVALID_ARGUMENT" and details, (raw, code, details)
+    elif method == "Send":  # no group is open: a valid request is ABORTED, after its own fields were checked
+        assert code == ("INVALID_ARGUMENT" if parsed.expected_dtype not in DTYPES else "ABORTED"), (raw, code)
+    else:
+        assert code == ("INVALID_ARGUMENT" if not parsed.receiver_id else "FAILED_PRECONDITION"), (raw, code)
+    assert len(gloo_sender["sender"].leases) == 1

@@ -68,15 +68,21 @@ class _KVTransferServicer:
         if isinstance(request, UnparsableRequest):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
-    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext):
-        self._authenticate(context, request)
-        lease = self.leases.get(request.request_id)
-        if lease is None:  # the id is echoed cut short: status details must fit gRPC's 8 KiB of trailers
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no KV lease for request {request.request_id[:200]!r} "
-                                                     "(never made, released or expired)")
-        if request.expected_dtype not in DTYPES:  # echoed cut short, as above
+    @staticmethod
+    def _check_expected_dtype(request, context: grpc.ServicerContext) -> None:
+        """Pull and Send: INVALID_ARGUMENT unless `expected_dtype` names a dtype. Everything a caller sent is echoed
+        cut short: status details must fit gRPC's trailers (8 KiB), or the caller gets RESOURCE_EXHAUSTED instead."""
+        if request.expected_dtype not in DTYPES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected_dtype must be one of {', '.join(DTYPES)}, "
                                                             f"got {request.expected_dtype[:40]!r}")
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext):
+        self._authenticate(context, request)
+        self._check_expected_dtype(request, context)
+        lease = self.leases.get(request.request_id)
+        if lease is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no KV lease for request {request.request_id[:200]!r} "
+                                                     "(never made, released or expired)")
         layout = lease.layout
         expected = _layout(request.expected_geometry, request.expected_dtype, 0)
         problem = layout_mismatch(layout, expected)

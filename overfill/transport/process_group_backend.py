@@ -31,6 +31,7 @@ import uuid
 import grpc
 import torch
 
+from overfill.request_parsing import lenient_parser
 from overfill.transport.base import KVTicket, KVTransferError, register_backend
 from overfill.transport.grpc_backend import GrpcKVReceiver, GrpcKVSender, _geometry, _KVTransferServicer, _layout
 from overfill.transport.leases import Lease
@@ -162,7 +163,7 @@ class _PairServicer:
         self.sender, self.base = sender, base
 
     def OpenGroup(self, request: pb.OpenGroupRequest, context: grpc.ServicerContext) -> pb.OpenGroupResponse:
-        self.base._authenticate(context)
+        self.base._authenticate(context, request)
         if not request.receiver_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "receiver_id is empty")
         if request.backend != self.sender.backend:
@@ -173,7 +174,8 @@ class _PairServicer:
         return pb.OpenGroupResponse(group_id=group_id, store_address=store_address)
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.KVHeader:
-        self.base._authenticate(context)
+        self.base._authenticate(context, request)
+        self.base._check_expected_dtype(request, context)
         pair = self.sender.pair_of_group(request.group_id)
         if pair is None or pair.broken:
             context.abort(grpc.StatusCode.ABORTED, f"no open KV process group {request.group_id[:32]!r} (closed "
@@ -217,10 +219,10 @@ class ProcessGroupKVSender(GrpcKVSender):
         pairs = _PairServicer(self, servicer)
         return {
             "OpenGroup": grpc.unary_unary_rpc_method_handler(
-                pairs.OpenGroup, request_deserializer=pb.OpenGroupRequest.FromString,
+                pairs.OpenGroup, request_deserializer=lenient_parser(pb.OpenGroupRequest),
                 response_serializer=pb.OpenGroupResponse.SerializeToString),
             "Send": grpc.unary_unary_rpc_method_handler(
-                pairs.Send, request_deserializer=pb.SendRequest.FromString,
+                pairs.Send, request_deserializer=lenient_parser(pb.SendRequest),
                 response_serializer=pb.KVHeader.SerializeToString),
         }
 
