@@ -23,7 +23,8 @@ serve: decoder
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill).
+# Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill): prune
+# SmolLM2-135M, then train it in overfill mode on the shipped data (about 12 minutes on 2 CPU cores, once; resumable).
 decoder: $(STAMP)
 	$(VENV)/bin/overfill decoder default
 

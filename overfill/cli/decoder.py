@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("decoder", help="build or inspect decoders")
     sub = p.add_subparsers(dest="decoder_command", required=True)
     default = sub.add_parser("default", help="print the default decoder's directory, building it if missing")
-    default.add_argument("--rebuild", action="store_true", help="prune it again even if it exists")
+    default.add_argument("--rebuild", action="store_true", help="build it again (prune and train) even if it exists")
     default.set_defaults(run=run_default)
     info = sub.add_parser("info", help="print a decoder's overfill.json summary")
     info.add_argument("path", help="decoder directory or 'default'")
