@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from overfill.build_decoder import PruneSpec, build_decoder
@@ -61,3 +63,28 @@ def assert_no_kv_left(config: ServiceConfig, timeout_s: float = 10.0) -> None:
     assert wait_for(lambda: pool_stats(config, "prefill")["num_leases"] == 0, timeout_s), pool_stats(config, "prefill")
     assert wait_for(lambda: pool_stats(config, "decode")["num_free_slots"] == config.decode.num_slots, timeout_s), \
         pool_stats(config, "decode")
+
+
+@contextmanager
+def tiny_service(root: Path, *overrides: str) -> Iterator[dict]:
+    """The service on tiny models (`tiny_service_config` plus `overrides`) on a local Ray cluster of 2 CPUs, stopped
+    afterwards. Yields {"address", "config" (with its resolved secret), "engine" (the in-process reference)}."""
+    from overfill.engine.loader import load_engine
+    from services.app import start_service, stop_service
+
+    full_dir, decoder_dir = build_tiny_models(root)
+    config = start_service(tiny_service_config(full_dir, decoder_dir, *overrides), ray_init_kwargs={"num_cpus": 2})
+    try:
+        yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config,
+               "engine": load_engine(str(full_dir), str(decoder_dir), ["overfill"])}
+    finally:
+        stop_service()
+
+
+def in_process(service: dict, prompt: str | list[int], max_tokens: int) -> list[int]:
+    """Greedy OverFill tokens of the in-process engine: what the service must stream for the same prompt."""
+    from overfill.engine.sampling import SamplingParams
+
+    loaded = service["engine"]
+    ids = loaded.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else prompt
+    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids

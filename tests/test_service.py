@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
-from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
 from tests.service_helpers import assert_no_kv_left as assert_no_kv_left_in
-from tests.service_helpers import build_tiny_models, tiny_service_config, wait_for
+from tests.service_helpers import in_process, tiny_service, wait_for
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
@@ -21,16 +20,9 @@ LEASE_TTL_S = 3.0
 def service(tmp_path_factory):
     from ray import serve
 
-    from services.app import start_service, stop_service
-
-    root = tmp_path_factory.mktemp("service")
-    full_dir, decoder_dir = build_tiny_models(root)
-    config = tiny_service_config(full_dir, decoder_dir, f"kv.lease_ttl_s={LEASE_TTL_S}")
-    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
-    handles = {name: serve.get_deployment_handle(name, config.server.app_name) for name in ("prefill", "decode")}
-    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
-    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "handles": handles, "engine": engine}
-    stop_service()
+    with tiny_service(tmp_path_factory.mktemp("service"), f"kv.lease_ttl_s={LEASE_TTL_S}") as service:
+        app = service["config"].server.app_name
+        yield {**service, "handles": {pool: serve.get_deployment_handle(pool, app) for pool in ("prefill", "decode")}}
 
 
 def stats(service, pool):
@@ -39,12 +31,6 @@ def stats(service, pool):
 
 def assert_no_kv_left(service):
     assert_no_kv_left_in(service["config"])
-
-
-def in_process(service, prompt: str, max_tokens: int) -> list[int]:
-    loaded = service["engine"]
-    ids = loaded.tokenizer(prompt)["input_ids"]
-    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids
 
 
 def test_greedy_through_the_service_equals_in_process(service):

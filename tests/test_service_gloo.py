@@ -7,30 +7,15 @@ import asyncio
 import pytest
 
 from overfill.client import AsyncOverFillClient, OverFillClient
-from overfill.engine.loader import load_engine
-from overfill.engine.sampling import SamplingParams
-from tests.service_helpers import assert_no_kv_left, build_tiny_models, pool_stats, tiny_service_config
+from tests.service_helpers import assert_no_kv_left, in_process, pool_stats, tiny_service
 
 pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from services.app import start_service, stop_service
-
-    root = tmp_path_factory.mktemp("service-gloo")
-    full_dir, decoder_dir = build_tiny_models(root)
-    config = tiny_service_config(full_dir, decoder_dir, "kv.transport=gloo", "kv.transfer_timeout_s=20")
-    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
-    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
-    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine}
-    stop_service()
-
-
-def in_process(service, prompt: str, max_tokens: int) -> list[int]:
-    loaded = service["engine"]
-    ids = loaded.tokenizer(prompt)["input_ids"]
-    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids
+    with tiny_service(tmp_path_factory.mktemp("service-gloo"), "kv.transport=gloo", "kv.transfer_timeout_s=20") as service:
+        yield service
 
 
 def test_greedy_over_gloo_equals_in_process(service):

@@ -22,10 +22,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
-from overfill.engine.loader import load_engine
-from overfill.engine.sampling import SamplingParams
 from overfill.v1 import generation_pb2 as pb
-from tests.service_helpers import assert_no_kv_left, build_tiny_models, pool_stats, tiny_service_config
+from tests.service_helpers import assert_no_kv_left, in_process, pool_stats, tiny_service
 
 pytestmark = pytest.mark.service
 
@@ -40,26 +38,14 @@ MAX_TOKENS_LIMIT = 64  # tiny_service_config's server.max_tokens_limit
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from services.app import start_service, stop_service
-
-    root = tmp_path_factory.mktemp("overload")
-    full_dir, decoder_dir = build_tiny_models(root)
-    config = tiny_service_config(
-        full_dir, decoder_dir, f"decode.num_slots={NUM_SLOTS}", f"decode.max_waiting={MAX_WAITING}",
+    with tiny_service(
+        tmp_path_factory.mktemp("overload"), f"decode.num_slots={NUM_SLOTS}", f"decode.max_waiting={MAX_WAITING}",
         f"prefill.max_batch_size={MAX_BATCH}", f"prefill.max_queued_requests={MAX_QUEUED}",
         f"prefill.max_queued_tokens={MAX_QUEUED_TOKENS}", f"prefill.max_leased_tokens={MAX_LEASED_TOKENS}",
         f"server.max_ongoing_requests={ROUTER_ONGOING}", f"server.max_queued_requests={ROUTER_QUEUED}",
-        "prefill.torch_threads=1", "decode.torch_threads=1")  # two cores: leave some to the proxy and the router
-    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
-    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
-    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine}
-    stop_service()
-
-
-def in_process(service, prompt: str, max_tokens: int) -> list[int]:
-    loaded = service["engine"]
-    ids = loaded.tokenizer(prompt)["input_ids"]
-    return loaded.engine.generate([ids], SamplingParams(max_new_tokens=max_tokens), "overfill")[0].token_ids
+        "prefill.torch_threads=1", "decode.torch_threads=1",  # two cores: leave some to the proxy and the router
+    ) as service:
+        yield service
 
 
 def replica_ids(config) -> dict[str, set[str]]:

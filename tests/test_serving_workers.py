@@ -4,7 +4,6 @@ and back-pressure, and no KV left behind (leases, slots)."""
 import asyncio
 
 import pytest
-import torch
 
 from overfill.engine.generate import TwoStageEngine
 from overfill.engine.runner import ModelRunner

@@ -16,8 +16,6 @@ import time
 import pytest
 
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
-from overfill.engine.loader import load_engine
-from overfill.engine.sampling import SamplingParams
 from overfill.serving.config import APP_IMPORT_PATH
 from overfill.serving.faults import FAULTS_METADATA_KEY
 from tests.faults.replicas import (
@@ -31,7 +29,7 @@ from tests.faults.replicas import (
     scrape,
     wait_pool_restored,
 )
-from tests.service_helpers import build_tiny_models, tiny_service_config, wait_for
+from tests.service_helpers import in_process, tiny_service, wait_for
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
@@ -42,24 +40,12 @@ PROMPTS = ["one two three", "What is the capital of France?", "alpha is a word",
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from services.app import start_service, stop_service
-
-    root = tmp_path_factory.mktemp("faults")
-    full_dir, decoder_dir = build_tiny_models(root)
-    config = tiny_service_config(
-        full_dir, decoder_dir, "prefill.num_replicas=2", "decode.num_replicas=2", f"kv.lease_ttl_s={LEASE_TTL_S}",
-        "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}", "decode.graceful_shutdown_timeout_s=25",
-        "faults.enabled=true")
-    config = start_service(config, ray_init_kwargs={"num_cpus": 2})
-    engine = load_engine(str(full_dir), str(decoder_dir), ["overfill"])
-    yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "engine": engine,
-           "app": config.server.app_name}
-    stop_service()
-
-
-def in_process(service, prompt_ids: list[int], max_tokens: int) -> list[int]:
-    sampling = SamplingParams(max_new_tokens=max_tokens)
-    return service["engine"].engine.generate([prompt_ids], sampling, "overfill")[0].token_ids
+    with tiny_service(
+        tmp_path_factory.mktemp("faults"), "prefill.num_replicas=2", "decode.num_replicas=2",
+        f"kv.lease_ttl_s={LEASE_TTL_S}", "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}",
+        "decode.graceful_shutdown_timeout_s=25", "faults.enabled=true",
+    ) as service:
+        yield {**service, "app": service["config"].server.app_name}
 
 
 def prompt_ids(service, prompt: str) -> list[int]:
