@@ -92,12 +92,13 @@ class Benchmark:
                 "token_source": self.token_source}
 
     def run(self, samples: list[SampleRequest], send_times_s: np.ndarray, setup: dict,
-            min_duration_s: float = 0.0, id_prefix: str = "") -> Measured:
-        """Run the requests at their send times. `setup` adds the traffic keys (request_rate, burstiness, ...)."""
+            min_duration_s: float = 0.0, id_prefix: str = "", on_start=None) -> Measured:
+        """Run the requests at their send times. `setup` adds the traffic keys (request_rate, burstiness, ...);
+        `on_start(progress, origin)` is called when the measured run's clock starts (see RunSpec)."""
         config = self.config
         spec = RunSpec(config.connection, samples, send_times_s, config.max_concurrency, config.num_warmups,
                        config.request_timeout_s, config.temperature, config.request_id_prefix + id_prefix,
-                       min_duration_s, config.show_progress)
+                       min_duration_s, config.show_progress, on_start)
         run = asyncio.run(run_benchmark(spec))
         metrics = compute_metrics(run.records, run.duration_s, config.percentiles, config.goodput_ms,
                                   run.prompt_tokens)

@@ -125,3 +125,49 @@ def plot_step(time_series: list[dict], windows: list[dict], stage_bounds: list[t
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_soak(samples: list[dict], per_minute: list[dict], path: Path) -> Path:
+    """Soak over time: RSS per role, KV cache use per role, leases held (and requests in flight), and p50 TTFT/TPOT
+    per minute. A panel whose data the service did not give says so in its title; missing points are gaps, not 0."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
+    t = [s["time_s"] / 60 for s in samples]
+    drain = next((s["time_s"] / 60 for s in samples if s["phase"] == "drain"), None)
+
+    def lines(ax, key: str, scale: float = 1.0) -> bool:
+        roles = sorted({r for s in samples if s[key] for r in s[key]})
+        for role in roles:
+            ax.plot(t, [s[key][role] * scale if s[key] and role in s[key] else np.nan for s in samples],
+                    ".-", markersize=3, label=role)
+        return bool(roles)
+
+    # 1) RSS per role; 2) KV use per role.
+    rss = lines(axes[0], "rss_mib")
+    axes[0].set(ylabel="MiB", title="RSS per role" if rss else "RSS per role (no service process on this machine)")
+    kv = lines(axes[1], "kv_cache_usage", 100.0)
+    axes[1].set(ylabel="% of KV slots", title="KV cache use per role (fullest replica)" if kv else
+                "KV cache use (metrics endpoint unavailable)")
+    # 3) Leases held, and the client's requests in flight.
+    leases = [np.nan if s["leases"] is None else s["leases"] for s in samples]
+    axes[2].plot(t, leases, ".-", markersize=3, label="KV leases held")
+    axes[2].plot(t, [s["in_flight"] for s in samples], color="gray", alpha=0.6, label="requests in flight (client)")
+    axes[2].set(ylabel="count", title="Leases and requests in flight" if any(s["leases"] is not None
+                                                                             for s in samples)
+                else "Requests in flight (leases: metrics endpoint unavailable)")
+    # 4) Latency per minute of send time.
+    mid = [m["minute"] + 0.5 for m in per_minute]
+    for key, label in (("p50_ttft_ms", "TTFT p50"), ("p50_tpot_ms", "TPOT p50")):
+        axes[3].plot(mid, [np.nan if m[key] is None else m[key] for m in per_minute], "o-", markersize=3,
+                     label=label)
+    axes[3].set(xlabel="minutes since the start", ylabel="ms", title="Latency per minute (by send time)")
+    for ax in axes:
+        if drain is not None:
+            ax.axvline(drain, color="black", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -14,6 +14,7 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,6 +47,7 @@ class RunSpec:
     request_id_prefix: str = "bench-"
     min_duration_s: float = 0.0            # keep sampling at least this long (a step load's idle stages)
     show_progress: bool = True
+    on_start: Callable[[Progress, float], None] | None = None   # (live counters, origin) when the clock starts
 
     def __post_init__(self):
         if len(self.samples) != len(self.send_times_s):
@@ -156,6 +158,8 @@ async def run_benchmark(spec: RunSpec) -> RunOutput:
         gc.collect()
         gc.freeze()  # what exists now is never garbage: fewer and shorter collector pauses during the run
         started_at, origin = datetime.now(), time.perf_counter()
+        if spec.on_start is not None:
+            spec.on_start(progress, origin)  # e.g. a soak's sampler thread, which reads the counters
         stop = asyncio.Event()
         time_series: list[TimeSample] = []
         sampler = asyncio.create_task(sample_every_second(stub, metadata, progress, origin, stop, time_series, bar))

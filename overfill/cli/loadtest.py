@@ -3,6 +3,7 @@
     overfill loadtest --target HOST:PORT [--num-prompts N --request-rate R ...]      one benchmark
     overfill loadtest sweep --target HOST:PORT --rates 1,2,4 --goodput ttft:MS ...  highest rate at >= 90% SLOs
     overfill loadtest step --target HOST:PORT --stages '[{"rate":R,"duration":S}]'  step load, replicas per pool
+    overfill loadtest soak --target HOST:PORT --request-rate R --duration-min M      steady load, memory and leases
     overfill loadtest client-capacity [--rates 20,50,100]                          the client against a stub server
 
 The first positional word picks the mode (default: one benchmark); every flag belongs to one parser, and a flag
@@ -17,14 +18,16 @@ import math
 import sys
 from pathlib import Path
 
-MODES = ("run", "sweep", "step", "client-capacity")
+MODES = ("run", "sweep", "step", "soak", "client-capacity")
 # Flags that only one mode reads (dest -> mode); the rest are shared.
-MODE_ONLY = {"num_prompts": ("run", "sweep"), "request_rate": ("run",), "ramp_up_strategy": ("run",),
+MODE_ONLY = {"num_prompts": ("run", "sweep"), "request_rate": ("run", "soak"), "ramp_up_strategy": ("run",),
              "ramp_up_start_rps": ("run",), "ramp_up_end_rps": ("run",), "result_filename": ("run",),
-             "burstiness": ("run", "sweep", "step"), "goodput": ("run", "sweep", "step"),
+             "burstiness": ("run", "sweep", "step", "soak"), "goodput": ("run", "sweep", "step", "soak"),
              "rates": ("sweep", "client-capacity"), "attainment_target": ("sweep",), "stages": ("step",),
              "window_s": ("step",), "seconds_per_rate": ("client-capacity",), "stub_ttft_ms": ("client-capacity",),
-             "stub_itl_ms": ("client-capacity",), "compare_rps": ("client-capacity",)}
+             "stub_itl_ms": ("client-capacity",), "compare_rps": ("client-capacity",),
+             "duration_min": ("soak",), "sample_every_s": ("soak",), "metrics_url": ("soak",), "drain_s": ("soak",),
+             "max_rss_growth_mib_per_min": ("soak",), "max_lease_growth_per_min": ("soak",)}
 
 
 def _rate(text: str) -> float:
@@ -38,7 +41,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("loadtest", help="load-test the gRPC API (vllm bench serve metrics and JSON keys)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", choices=MODES, default="run",
-                   help="run (default): one benchmark; sweep; step; client-capacity")
+                   help="run (default): one benchmark; sweep; step; soak; client-capacity")
     target = p.add_argument_group("target")
     target.add_argument("--target", help="HOST:PORT of the gRPC API (every mode but client-capacity)")
     target.add_argument("--api-key", default=None,
@@ -93,6 +96,17 @@ def add_parser(subparsers) -> None:
     step = p.add_argument_group("step")
     step.add_argument("--stages", help='JSON list: [{"rate": R, "duration": S}, ...] (rate 0 = idle)')
     step.add_argument("--window-s", type=float, help="latency window in the step report, s (default 5)")
+    soak = p.add_argument_group("soak (Poisson at --request-rate; see loadtest/soak.py for the verdict)")
+    soak.add_argument("--duration-min", type=float, help="minutes of load (requests generated until then)")
+    soak.add_argument("--sample-every-s", type=float, help="seconds between samples (default 5)")
+    soak.add_argument("--metrics-url", help="the service's Prometheus endpoint (default "
+                                            "http://127.0.0.1:8080/metrics; 'none' = do not scrape)")
+    soak.add_argument("--drain-s", type=float, help="after the load, sample until leases and KV use are 0, at most "
+                                                    "this long (default 60)")
+    soak.add_argument("--max-rss-growth-mib-per-min", type=float,
+                      help="RSS growth allowed per role over the second half (default 1)")
+    soak.add_argument("--max-lease-growth-per-min", type=float,
+                      help="upward trend allowed in leases held during the load (default 0.1)")
     capacity = p.add_argument_group("client-capacity")
     capacity.add_argument("--seconds-per-rate", type=float, help="run length per rate (default 10)")
     capacity.add_argument("--stub-ttft-ms", type=float, help="stub server TTFT (default 50)")
@@ -165,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     args.num_prompts = _or(args.num_prompts, 100)
     args.request_rate = _or(args.request_rate, math.inf)
     args.burstiness = _or(args.burstiness, 1.0)
-    return {"run": run_one, "sweep": run_sweep, "step": run_step, "client-capacity": run_capacity}[args.mode](args)
+    return {"run": run_one, "sweep": run_sweep, "step": run_step, "soak": run_soak,
+            "client-capacity": run_capacity}[args.mode](args)
 
 
 def run_one(args: argparse.Namespace) -> int:
@@ -239,6 +254,28 @@ def run_step(args: argparse.Namespace) -> int:
     for path in save_step(outcome, args.result_dir):
         print(f"saved {path}")
     return 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """Exit status 0 only when the verdict is pass (1: fail or incomplete)."""
+    from loadtest.benchmark import Benchmark
+    from loadtest.soak import SoakSpec, format_soak, run_soak as soak, save_soak
+
+    if args.request_rate == math.inf:
+        raise ValueError("soak needs --request-rate R (requests/s; e.g. 80% of the sweep's goodput rate)")
+    if args.duration_min is None:
+        raise ValueError("soak needs --duration-min M")
+    url = _or(args.metrics_url, "http://127.0.0.1:8080/metrics")
+    spec = SoakSpec(args.request_rate, args.duration_min, args.burstiness, args.seed, _or(args.sample_every_s, 5.0),
+                    None if url.lower() == "none" else url, _or(args.drain_s, 60.0),
+                    _or(args.max_rss_growth_mib_per_min, 1.0), _or(args.max_lease_growth_per_min, 0.1))
+    bench = Benchmark(benchmark_config(args))
+    _describe(bench, args, None)
+    outcome = soak(bench, spec)
+    print(format_soak(outcome))
+    for path in save_soak(outcome, args.result_dir):
+        print(f"saved {path}")
+    return 0 if outcome.verdict["verdict"] == "pass" else 1
 
 
 def run_capacity(args: argparse.Namespace) -> int:
