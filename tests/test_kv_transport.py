@@ -200,3 +200,76 @@ def test_hand_encoded_chunks_are_protobuf_kv_messages(kind, offset, size):
     assert not is_header_message(raw) and is_header_message(pb.KVMessage(header=pb.KVHeader()).SerializeToString())
     with pytest.raises(ValueError):
         decode_chunk_message(raw[:-1] if size else raw + b"\x00")
+
+
+# ---- lease renewal (a request waiting for a decode slot keeps its lease) ---------------------------------------------
+
+@pytest.mark.parametrize("transport", ["inprocess", "grpc", "gloo"])
+def test_renewal_extends_a_lease_one_ttl_from_now_and_never_brings_one_back(transport):
+    sender = make_sender(transport, secret=SECRET, lease_ttl_s=3.0)
+    receiver = make_receiver(transport, secret=SECRET)
+    now = [100.0]
+    sender.leases.clock = lambda: now[0]  # the expiry thread (grpc, gloo) reads this clock too
+    try:
+        k, v = random_kv()
+        ticket = sender.publish("waiting", k, v)  # expires at 103 unless renewed
+        sender.publish("nobody-waits", k, v)       # expires at 103
+        for t in (102.0, 104.5, 107.0, 107.0):     # each renewal within a TTL of the last; renewing twice is harmless
+            now[0] = t
+            renewal = receiver.renew(ticket.address, ["waiting", "unknown"])
+            assert renewal.ttl_s == 3.0 and renewal.not_found == {"unknown"}
+            assert sender.leases.get("waiting").expires_at == t + 3.0  # one TTL from now, not one more TTL on top
+        now[0] = 109.9
+        sender.leases.expire()
+        assert sender.num_leases == 1 and sender.leases.num_expired == 1  # the unrenewed lease went at its TTL
+        assert receiver.renew(ticket.address, ["nobody-waits"]).not_found == {"nobody-waits"}
+        k2, v2 = receiver.pull(ticket, KVLayout.of(k))
+        assert torch.equal(k2, k) and torch.equal(v2, v)
+        now[0] = 110.0  # renewals stopped at 107: the lease ends one TTL later, and renewing cannot bring it back
+        assert receiver.renew(ticket.address, ["waiting"]).not_found == {"waiting"}
+        assert sender.num_leases == 0 and sender.leases.num_expired == 2
+        with pytest.raises(KVTransferError) as error:
+            receiver.pull(ticket, KVLayout.of(k))
+        assert error.value.code == "NOT_FOUND"
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_grpc_renew_needs_the_secret_and_one_to_1024_ids(grpc_pair):
+    import grpc
+
+    from overfill.transport.grpc_backend import SECRET_METADATA_KEY, SERVICE_NAME
+    from overfill.v1 import kv_transfer_pb2 as pb
+
+    sender, receiver = grpc_pair
+    ticket = sender.publish("kept", *random_kv())
+    expires_at = sender.leases.get("kept").expires_at
+
+    intruder = make_receiver("grpc", secret="wrong")
+    with pytest.raises(KVTransferError) as error:
+        intruder.renew(ticket.address, ["kept"])
+    intruder.close()
+    assert error.value.code == "UNAUTHENTICATED" and sender.leases.get("kept").expires_at == expires_at
+
+    channel = grpc.insecure_channel(ticket.address)
+    renew = channel.unary_unary(f"/{SERVICE_NAME}/Renew", request_serializer=None, response_deserializer=None)
+    metadata = ((SECRET_METADATA_KEY, SECRET),)
+    too_many = pb.RenewRequest(request_ids=["kept"] * 1025).SerializeToString()
+    for raw, message in [(b"", "request_ids must hold 1 to 1024 ids, got 0"),
+                         (too_many, "request_ids must hold 1 to 1024 ids, got 1025"),
+                         (b"\x0a\x02\xff\xff", "request_ids[0] is not valid UTF-8")]:
+        with pytest.raises(grpc.RpcError) as rpc_error:
+            renew(raw, metadata=metadata, timeout=10)
+        assert (rpc_error.value.code(), rpc_error.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    with pytest.raises(grpc.RpcError) as rpc_error:
+        renew(b"\xff", metadata=(), timeout=10)  # no secret: refused before the bytes are looked at
+    assert rpc_error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+    assert sender.leases.get("kept").expires_at == expires_at  # nothing above renewed it
+
+    others = [f"gone-{i}" for i in range(2500)]  # the receiver splits a long list into calls of at most 1024
+    renewal = receiver.renew(ticket.address, others[:1500] + ["kept"] + others[1500:])
+    assert renewal.not_found == set(others) and renewal.ttl_s == sender.leases.ttl_s
+    assert sender.leases.get("kept").expires_at > expires_at
+    assert receiver.release(ticket) and sender.num_leases == 0

@@ -2,6 +2,8 @@
 and back-pressure, and no KV left behind (leases, slots)."""
 
 import asyncio
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,10 +15,11 @@ from overfill.calibration import estimate_importance
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, ServiceError
-from overfill.transport.base import make_receiver, make_sender
+from overfill.transport.base import KVTransferError, make_receiver, make_sender
 from tests.tiny import CORPUS, tiny_model, tiny_tokenizer
 
 EOS = 2
+KV_SECRET = "workers-test-secret"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +30,10 @@ def models():
     return ModelRunner(full), ModelRunner(decoder)
 
 
-def make_workers(models, num_slots=4, max_waiting=8, max_queued=32, lease_ttl_s=30.0):
+def make_workers(models, num_slots=4, max_waiting=8, max_queued=32, lease_ttl_s=30.0, transport="inprocess"):
     full, decoder = models
-    sender, receiver = make_sender("inprocess", lease_ttl_s=lease_ttl_s), make_receiver("inprocess")
+    sender = make_sender(transport, secret=KV_SECRET, lease_ttl_s=lease_ttl_s, expiry_interval_s=0.05)
+    receiver = make_receiver(transport, secret=KV_SECRET)
     prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128, max_batch_tokens=64,
                                                                   max_batch_size=4, max_queued_requests=max_queued))
     decode = DecodeWorker(decoder, receiver, {EOS}, DecodeSettings(num_slots=num_slots, max_seq_len=128,
@@ -157,3 +161,132 @@ def test_unclaimed_lease_expires(models):
     asyncio.run(run())
     assert sender.num_leases == 0 and sender.leases.num_expired == 1 and decode.cache.num_free_slots == 4
     prefill.close(), decode.close()
+
+
+# ---- waiting for a decode slot longer than the lease ----------------------------------------------------------------
+
+HOLD = SamplingParams(max_new_tokens=6)
+HOLD_SLOT_S = 1.5  # the request holding the only decode slot stalls its first step this long
+LEASE_TTL_S = 0.4  # ... so a request waiting behind it waits for over 3 lease TTLs
+
+
+async def hold_the_only_slot(prefill, decode):
+    """Prefill two requests; the first takes decode's only slot and stalls there for HOLD_SLOT_S (test-only fault
+    hook); returns (holder task, the second request's prefill result, when the holder's slot was taken)."""
+    from overfill.serving.faults import FaultPlan
+
+    holder, waiter = [await prefill.prefill(PrefillRequest(rid, prompt, HOLD))
+                      for rid, prompt in (("holder", PROMPTS[0]), ("waiter", PROMPTS[2]))]
+
+    async def run_holder():
+        chunks = decode.generate(holder, HOLD, FaultPlan(stall_after_tokens=1, stall_step_s=HOLD_SLOT_S))
+        return [holder.first_token] + [t async for chunk in chunks for t in chunk.token_ids]
+
+    task = asyncio.create_task(run_holder())
+    while decode.stats()["num_running"] == 0:
+        await asyncio.sleep(0.005)
+    return task, waiter, time.monotonic()
+
+
+async def finish(decode, result, sampling) -> list[int]:
+    return [result.first_token] + [t async for chunk in decode.generate(result, sampling) for t in chunk.token_ids]
+
+
+def assert_nothing_held(prefill, decode, sender) -> None:
+    stats = decode.stats()
+    assert sender.num_leases == 0 and stats["num_leases_kept"] == 0 and stats["num_waiting"] == 0
+    assert stats["num_free_slots"] == decode.settings.num_slots and prefill.cache.num_free_slots == 4
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "grpc"])
+def test_a_request_waiting_for_a_slot_past_its_lease_ttl_keeps_its_lease_and_completes(models, transport):
+    full, decoder = models
+    prefill, decode, sender = make_workers(models, num_slots=1, lease_ttl_s=LEASE_TTL_S, transport=transport)
+
+    async def run():
+        holder, waiter, held_at = await hold_the_only_slot(prefill, decode)
+        waited = asyncio.create_task(finish(decode, waiter, HOLD))
+        await asyncio.sleep(0.05)
+        assert decode.stats()["num_waiting"] == 1 and decode.stats()["num_leases_kept"] == 1
+        outputs = [await holder, await waited]
+        assert time.monotonic() - held_at >= 3 * LEASE_TTL_S  # the waiter really waited past its lease
+        return outputs
+
+    outputs = asyncio.run(run())
+    engine = TwoStageEngine(full, decoder, {EOS})
+    assert outputs == [engine.generate([p], HOLD, "overfill")[0].token_ids for p in (PROMPTS[0], PROMPTS[2])]
+    assert decode.lease_keeper.num_renewals >= 3 * 3 and decode.lease_keeper.num_lost == 0  # every TTL/3
+    assert sender.leases.num_expired == 0 and sender.leases.num_released == 2
+    assert_nothing_held(prefill, decode, sender)
+    prefill.close(), decode.close(), sender.close()
+
+
+def test_a_waiting_request_whose_renewals_stop_loses_its_lease_at_the_ttl(models):
+    prefill, decode, sender = make_workers(models, num_slots=1, lease_ttl_s=LEASE_TTL_S, transport="grpc")
+
+    def unreachable(address, request_ids, timeout_s=10.0):  # decode can no longer reach the KV service to renew
+        raise KVTransferError("UNAVAILABLE", f"{address} unreachable (simulated)")
+
+    decode.lease_keeper.receiver = SimpleNamespace(renew=unreachable)
+
+    async def run():
+        holder, waiter, _ = await hold_the_only_slot(prefill, decode)
+        published = time.monotonic()  # (just after: the waiter's lease was made before the holder took the slot)
+        waited = asyncio.create_task(finish(decode, waiter, HOLD))
+        while sender.num_leases:  # the expiry thread frees it (every 0.05 s)
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - published < LEASE_TTL_S + 0.3 and not waited.done()  # at its TTL, while waiting
+        assert sender.leases.num_expired == 1
+        with pytest.raises(ServiceError) as error:
+            await waited
+        assert error.value.code == "ABORTED" and "'waiter'" in error.value.message
+        assert "no longer leased" in error.value.message
+        await holder
+
+    asyncio.run(run())
+    assert_nothing_held(prefill, decode, sender)
+    prefill.close(), decode.close(), sender.close()
+
+
+def test_a_waiting_request_whose_lease_is_gone_fails_fast_with_aborted(models):
+    prefill, decode, sender = make_workers(models, num_slots=1, lease_ttl_s=LEASE_TTL_S)
+
+    async def run():
+        holder, waiter, held_at = await hold_the_only_slot(prefill, decode)
+        waited = asyncio.create_task(finish(decode, waiter, HOLD))
+        await asyncio.sleep(0.05)
+        assert decode.stats()["num_leases_kept"] == 1
+        sender.release("waiter")  # e.g. the prefill replica restarted: its KV is gone
+        with pytest.raises(ServiceError) as error:
+            await waited
+        assert error.value.code == "ABORTED" and "while it waited for a decode slot" in error.value.message
+        assert time.monotonic() - held_at < HOLD_SLOT_S and not holder.done()  # the next renewal saw it, no slot
+        assert decode.stats()["num_waiting"] == 0 and decode.stats()["num_leases_lost_waiting"] == 1
+        await holder
+
+    asyncio.run(run())
+    assert_nothing_held(prefill, decode, sender)
+    prefill.close(), decode.close(), sender.close()
+
+
+def test_a_cancelled_waiting_request_stops_renewing_and_gives_no_slot_away(models):
+    prefill, decode, sender = make_workers(models, num_slots=1, lease_ttl_s=LEASE_TTL_S)
+
+    async def run():
+        holder, waiter, _ = await hold_the_only_slot(prefill, decode)
+        waited = asyncio.create_task(finish(decode, waiter, HOLD))
+        await asyncio.sleep(0.2)
+        renewals = decode.lease_keeper.num_renewals
+        assert renewals >= 1 and decode.stats()["num_leases_kept"] == 1
+        waited.cancel()  # the client went away while waiting
+        await asyncio.gather(waited, return_exceptions=True)
+        assert decode.stats()["num_leases_kept"] == 0 and decode.stats()["num_waiting"] == 0
+        await asyncio.sleep(LEASE_TTL_S)
+        assert decode.lease_keeper.num_renewals == renewals  # nobody renews it any more: it expires at its TTL
+        assert sender.leases.get("waiter") is None and sender.leases.num_expired == 1
+        await holder
+        assert await finish(decode, await prefill.prefill(PrefillRequest("after", PROMPTS[1], HOLD)), HOLD)
+
+    asyncio.run(run())
+    assert_nothing_held(prefill, decode, sender)
+    prefill.close(), decode.close(), sender.close()

@@ -2,8 +2,10 @@
 `services/decode` wraps it.
 
 A request is admitted only when a KV slot is free (the KV budget is `num_slots` slots of `max_seq_len` tokens); at
-most `max_waiting` more wait for one, beyond that RESOURCE_EXHAUSTED. Once admitted, its KV is pulled from the prefill
-replica, copied into the slot and the lease released. A single background loop then runs one forward per step for
+most `max_waiting` more wait for one, beyond that RESOURCE_EXHAUSTED. While a request waits, its lease at the prefill
+replica is renewed (lease_keeper.py), so waiting longer than the lease TTL is no error; a lease found gone fails the
+request with ABORTED at once. Once it has its slot, its KV is pulled from the prefill replica, copied into the slot
+and the lease released. A single background loop then runs one forward per step for
 every active sequence: sequences join between steps and leave as soon as they finish or their caller goes away, and
 their slot is freed at that step boundary. All cache work runs on one model thread; KV pulls run on other threads.
 A step that runs past `max_step_s` fails its sequences with DEADLINE_EXCEEDED at once; their slots are freed when
@@ -27,6 +29,7 @@ from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams, sample
 from overfill.serving.faults import FaultPlan
+from overfill.serving.lease_keeper import LeaseKeeper
 from overfill.serving.types import PrefillResult, ServiceError, TokenChunk
 from overfill.transport.base import KVReceiver, KVTransferError
 from overfill.transport.wire import DTYPE_NAMES, KVLayout
@@ -68,6 +71,8 @@ class DecodeWorker:
         self._graphs = GraphDecoder(runner, self.cache) if use_graphs else None  # captured per bucket on first use
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-model")
         self._pull_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode-kv-pull")
+        self._renew_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode-kv-renew")
+        self.lease_keeper = LeaseKeeper(receiver, self._renew_threads)  # renews the leases of waiting requests
         self._active: list[_Sequence] = []
         self._free_slots: asyncio.Semaphore | None = None  # counts free KV slots; admission waits on it
         self._num_waiting = 0
@@ -88,7 +93,7 @@ class DecodeWorker:
             raise ServiceError("RESOURCE_EXHAUSTED", f"prompt ({prefill.prompt_tokens}) + max_tokens "
                                                      f"({sampling.max_new_tokens}) exceeds {self.settings.max_seq_len}")
         self._ensure_running()
-        slot = await self._admit(prefill.request_id)
+        slot = await self._admit(prefill)
         sequence = None
         try:
             # 1) Pull the KV into the slot and release the lease.
@@ -141,6 +146,8 @@ class DecodeWorker:
             "num_free_slots": self.cache.num_free_slots,
             "kv_cache_usage": used / self.settings.num_slots,
             "num_finished": self.num_finished,
+            "num_leases_kept": self.lease_keeper.num_kept,
+            "num_leases_lost_waiting": self.lease_keeper.num_lost,
         }
 
     def close(self) -> None:
@@ -148,19 +155,44 @@ class DecodeWorker:
             self._task.cancel()
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._pull_threads.shutdown(wait=False, cancel_futures=True)
+        self.lease_keeper.close()
+        self._renew_threads.shutdown(wait=False, cancel_futures=True)
 
     # ---- admission and KV ----------------------------------------------------------------------------------------
 
-    async def _admit(self, request_id: str) -> int:
+    async def _admit(self, prefill: PrefillResult) -> int:
+        """A KV slot for the request: at once if one is free, else after waiting for one (its lease renewed)."""
         if self.cache.num_free_slots == 0 and self._num_waiting >= self.settings.max_waiting:
             raise ServiceError("RESOURCE_EXHAUSTED", f"decode replica is full ({self.settings.num_slots} running, "
                                                      f"{self._num_waiting} waiting)")
         self._num_waiting += 1
         try:
-            await self._free_slots.acquire()
+            if self._free_slots.locked():
+                await self._wait_for_slot(prefill)
+            else:
+                await self._free_slots.acquire()  # free now: no wait
         finally:
             self._num_waiting -= 1
         return self.cache.allocate(1)[0]
+
+    async def _wait_for_slot(self, prefill: PrefillResult) -> None:
+        """Acquire a slot while the lease keeper renews the request's lease; ABORTED as soon as the lease is gone.
+        Renewal stops when this returns or raises (slot granted, lease lost, caller cancelled)."""
+        kept = self.lease_keeper.keep(prefill.ticket)
+        acquire = asyncio.ensure_future(self._free_slots.acquire())
+        granted = False
+        try:
+            await asyncio.wait([acquire, kept.lost], return_when=asyncio.FIRST_COMPLETED)
+            if acquire.done():
+                granted = True
+                return
+            raise kept.lost.result()
+        finally:
+            self.lease_keeper.stop(kept)
+            if not acquire.done():
+                acquire.cancel()  # asyncio.Semaphore passes on a slot granted to a cancelled waiter
+            elif not granted and not acquire.cancelled():
+                self._free_slots.release()  # granted just as the caller was cancelled: give it back
 
     async def _pull_into(self, slot: int, prefill: PrefillResult) -> None:
         loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """The KV transfer interface, split by role, and the registry of backends by name.
 
 Prefill side (`KVSender`): holds a finished prefill's KV under a lease and hands out a ticket saying where to pull it.
-Decode side (`KVReceiver`): pulls the KV a ticket names, then releases the lease so prefill frees it.
+Decode side (`KVReceiver`): pulls the KV a ticket names, then releases the lease so prefill frees it; while a request
+waits for a decode slot, renews its lease so it does not expire meanwhile (serving/lease_keeper.py).
 Backends: `grpc` (chunked streaming over the internal KV service), `nccl` and `gloo` (metadata over the KV service,
 bytes over a 2-rank process group per replica pair: process_group_backend.py), `inprocess` (tests: both roles in one
 process).
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from overfill.transport.leases import LeaseTable
+from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.wire import KVLayout
 
 
@@ -81,6 +82,12 @@ class KVReceiver(ABC):
     @abstractmethod
     def release(self, ticket: KVTicket) -> bool:
         """Acknowledge: the prefill side frees the lease."""
+
+    @abstractmethod
+    def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
+        """Keep the leases of these requests, all held at `address` (a ticket's), alive one more TTL from now.
+        Requests whose lease is gone come back in `not_found`. Raises KVTransferError if the call failed (then
+        nothing is known to be renewed)."""
 
     def stats(self) -> dict:
         """Backend counters for the replica's stats (empty unless the backend keeps some)."""

@@ -1,8 +1,9 @@
 """KV transfer over the internal gRPC KV service (proto/overfill/v1/kv_transfer.proto).
 
 The prefill replica runs a `KVTransfer` server on a cluster-internal address; the decode replica pulls a lease as a
-stream (header, then chunks of each layer's K and V well under gRPC's message limit) and releases it. Every call
-carries the cluster secret in metadata and is refused with UNAUTHENTICATED without it (constant-time compare).
+stream (header, then chunks of each layer's K and V well under gRPC's message limit) and releases it; while a request
+waits for a decode slot, the decode replica renews its lease (Renew). Every call carries the cluster secret in
+metadata and is refused with UNAUTHENTICATED without it (constant-time compare).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from overfill.request_parsing import UnparsableRequest, lenient_parser
 from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
-from overfill.transport.leases import LeaseTable
+from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DTYPES,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SECRET_METADATA_KEY = "x-overfill-kv-secret"
 SERVICE_NAME = "overfill.v1.KVTransfer"
 MAX_MESSAGE_BYTES = 4 << 20  # gRPC's default; chunks stay a quarter of it
+MAX_RENEW_IDS = 1024         # request ids per Renew call; the receiver splits longer lists
 
 
 def _identity(raw: bytes) -> bytes:
@@ -101,6 +103,14 @@ class _KVTransferServicer:
         self._authenticate(context, request)
         return pb.ReleaseResponse(released=self.leases.release(request.request_id))
 
+    def Renew(self, request: pb.RenewRequest, context: grpc.ServicerContext) -> pb.RenewResponse:
+        self._authenticate(context, request)
+        if not 0 < len(request.request_ids) <= MAX_RENEW_IDS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request_ids must hold 1 to {MAX_RENEW_IDS} ids, got "
+                                                            f"{len(request.request_ids)}")
+        renewal = self.leases.renew(list(request.request_ids))
+        return pb.RenewResponse(ttl_s=renewal.ttl_s, not_found_request_ids=sorted(renewal.not_found))
+
 
 class GrpcKVSender(KVSender):
     """Serves this replica's leases on `bind_address` (cluster-internal; port 0 picks a free one)."""
@@ -121,6 +131,9 @@ class GrpcKVSender(KVSender):
             "Release": grpc.unary_unary_rpc_method_handler(
                 servicer.Release, request_deserializer=lenient_parser(pb.ReleaseRequest),
                 response_serializer=pb.ReleaseResponse.SerializeToString),
+            "Renew": grpc.unary_unary_rpc_method_handler(
+                servicer.Renew, request_deserializer=lenient_parser(pb.RenewRequest),
+                response_serializer=pb.RenewResponse.SerializeToString),
             **self._extra_handlers(servicer),
         })])
         port = self.server.add_insecure_port(bind_address)
@@ -224,6 +237,19 @@ class GrpcKVReceiver(KVReceiver):
         except grpc.RpcError as e:
             raise KVTransferError(e.code().name, e.details() or "KV release failed") from e
         return response.released
+
+    def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
+        stub = self._stub(address)[0]
+        ttls, not_found = [], set()
+        for start in range(0, len(request_ids), MAX_RENEW_IDS):
+            batch = request_ids[start:start + MAX_RENEW_IDS]
+            try:
+                response = stub.Renew(pb.RenewRequest(request_ids=batch), metadata=self.metadata, timeout=timeout_s)
+            except grpc.RpcError as e:
+                raise KVTransferError(e.code().name, e.details() or "KV lease renewal failed") from e
+            ttls.append(response.ttl_s)
+            not_found.update(response.not_found_request_ids)
+        return LeaseRenewal(min(ttls, default=0.0), frozenset(not_found))
 
     def close(self) -> None:
         for channel in self._channels:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
-from overfill.transport.leases import LeaseTable
+from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.wire import KVLayout, layout_mismatch
 
 _TABLES: dict[str, LeaseTable] = {}  # address -> the lease table of the sender living there
@@ -42,6 +41,12 @@ class InProcessReceiver(KVReceiver):
     def release(self, ticket: KVTicket) -> bool:
         table = _TABLES.get(ticket.address)
         return table is not None and table.release(ticket.request_id)
+
+    def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
+        table = _TABLES.get(address)
+        if table is None:
+            raise KVTransferError("UNAVAILABLE", f"no KV sender at {address}")
+        return table.renew(request_ids)
 
 
 register_backend("inprocess", InProcessSender, InProcessReceiver)

@@ -2,6 +2,8 @@
 
 Prefill puts a request's KV under a lease; the puller reads it and releases it. A lease nobody releases expires after
 its time-to-live and its KV is freed (and counted), so no KV can leak however a request dies (DESIGN §3, invariant).
+A decode replica that admitted the request but waits for a free slot renews the lease: each renewal extends it to
+one time-to-live from now (never further), so a lease whose renewals stop expires as before.
 Thread-safe: the gRPC KV service reads it from its worker threads while the prefill loop writes it.
 """
 
@@ -17,12 +19,22 @@ import torch
 from overfill.transport.wire import KVLayout
 
 
+@dataclass(frozen=True)
+class LeaseRenewal:
+    """What a renewal did: the renewed leases live `ttl_s` more seconds from when it happened; `not_found` names the
+    requests without a live lease (never made, released or expired), which a renewal never brings back."""
+
+    ttl_s: float
+    not_found: frozenset[str]
+
+
 @dataclass
 class Lease:
     request_id: str
     k: torch.Tensor  # [L, H, T, D]
     v: torch.Tensor  # [L, H, T, D]
     expires_at: float
+    ttl_s: float                            # how long the lease lives after it was made or last renewed
     ready: torch.cuda.Event | None = None  # CUDA: recorded after k and v were written (None on CPU)
 
     @property
@@ -49,7 +61,8 @@ class LeaseTable:
             ready: torch.cuda.Event | None = None) -> Lease:
         """Hold KV (k, v: [L, H, T, D]) for `request_id`; returns the lease with its expiry (monotonic clock).
         `ready`: for CUDA tensors, an event a reader on another stream waits on before reading them."""
-        lease = Lease(request_id, k, v, self.clock() + (ttl_s or self.ttl_s), ready)
+        ttl_s = ttl_s or self.ttl_s
+        lease = Lease(request_id, k, v, self.clock() + ttl_s, ttl_s, ready)
         with self._lock:
             if request_id in self._leases:
                 raise KeyError(f"a KV lease for request {request_id!r} already exists")
@@ -65,6 +78,25 @@ class LeaseTable:
                 self.num_expired += 1
                 return None
             return lease
+
+    def renew(self, request_ids: list[str]) -> LeaseRenewal:
+        """Extend each live lease named to one time-to-live from now (idempotent: renewing twice is renewing once,
+        later). A lease past its expiry is freed now, as `get` does, and reported in `not_found`."""
+        now = self.clock()
+        not_found, ttls = set(), []
+        with self._lock:
+            for request_id in request_ids:
+                lease = self._leases.get(request_id)
+                if lease is not None and lease.expires_at <= now:
+                    del self._leases[request_id]
+                    self.num_expired += 1
+                    lease = None
+                if lease is None:
+                    not_found.add(request_id)
+                    continue
+                lease.expires_at = now + lease.ttl_s
+                ttls.append(lease.ttl_s)
+        return LeaseRenewal(min(ttls, default=self.ttl_s), frozenset(not_found))
 
     def release(self, request_id: str) -> bool:
         with self._lock:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1doverfill/v1/kv_transfer.proto\x12\x0boverfill.v1\"H\n\nKVGeometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x02 \x01(\r\x12\x10\n\x08head_dim\x18\x03 \x01(\r\"\x81\x01\n\x08KVHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"l\n\x07KVChunk\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.overfill.v1.KVChunk.Kind\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1a\n\x04Kind\x12\x07\n\x03KEY\x10\x00\x12\t\n\x05VALUE\x10\x01\"f\n\tKVMessage\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.overfill.v1.KVHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.overfill.v1.KVChunkH\x00\x42\t\n\x07payload\"m\n\x0bPullRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x11\x65xpected_geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\x16\n\x0e\x65xpected_dtype\x18\x03 \x01(\t\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"8\n\x10OpenGroupRequest\x12\x13\n\x0breceiver_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"<\n\x11OpenGroupResponse\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x15\n\rstore_address\x18\x02 \x01(\t\"\x7f\n\x0bSendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x11\x65xpected_geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\x16\n\x0e\x65xpected_dtype\x18\x03 \x01(\t\x12\x10\n\x08group_id\x18\x04 \x01(\t2\x93\x02\n\nKVTransfer\x12:\n\x04Pull\x12\x18.overfill.v1.PullRequest\x1a\x16.overfill.v1.KVMessage0\x01\x12\x44\n\x07Release\x12\x1b.overfill.v1.ReleaseRequest\x1a\x1c.overfill.v1.ReleaseResponse\x12J\n\tOpenGroup\x12\x1d.overfill.v1.OpenGroupRequest\x1a\x1e.overfill.v1.OpenGroupResponse\x12\x37\n\x04Send\x12\x18.overfill.v1.SendRequest\x1a\x15.overfill.v1.KVHeaderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1doverfill/v1/kv_transfer.proto\x12\x0boverfill.v1\"H\n\nKVGeometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x02 \x01(\r\x12\x10\n\x08head_dim\x18\x03 \x01(\r\"\x81\x01\n\x08KVHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"l\n\x07KVChunk\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.overfill.v1.KVChunk.Kind\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1a\n\x04Kind\x12\x07\n\x03KEY\x10\x00\x12\t\n\x05VALUE\x10\x01\"f\n\tKVMessage\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.overfill.v1.KVHeaderH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.overfill.v1.KVChunkH\x00\x42\t\n\x07payload\"m\n\x0bPullRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x11\x65xpected_geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\x16\n\x0e\x65xpected_dtype\x18\x03 \x01(\t\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"#\n\x0cRenewRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"=\n\rRenewResponse\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x1d\n\x15not_found_request_ids\x18\x02 \x03(\t\"8\n\x10OpenGroupRequest\x12\x13\n\x0breceiver_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"<\n\x11OpenGroupResponse\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x15\n\rstore_address\x18\x02 \x01(\t\"\x7f\n\x0bSendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x11\x65xpected_geometry\x18\x02 \x01(\x0b\x32\x17.overfill.v1.KVGeometry\x12\x16\n\x0e\x65xpected_dtype\x18\x03 \x01(\t\x12\x10\n\x08group_id\x18\x04 \x01(\t2\xd3\x02\n\nKVTransfer\x12:\n\x04Pull\x12\x18.overfill.v1.PullRequest\x1a\x16.overfill.v1.KVMessage0\x01\x12\x44\n\x07Release\x12\x1b.overfill.v1.ReleaseRequest\x1a\x1c.overfill.v1.ReleaseResponse\x12>\n\x05Renew\x12\x19.overfill.v1.RenewRequest\x1a\x1a.overfill.v1.RenewResponse\x12J\n\tOpenGroup\x12\x1d.overfill.v1.OpenGroupRequest\x1a\x1e.overfill.v1.OpenGroupResponse\x12\x37\n\x04Send\x12\x18.overfill.v1.SendRequest\x1a\x15.overfill.v1.KVHeaderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,12 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREQUEST']._serialized_end=613
   _globals['_RELEASERESPONSE']._serialized_start=615
   _globals['_RELEASERESPONSE']._serialized_end=650
-  _globals['_OPENGROUPREQUEST']._serialized_start=652
-  _globals['_OPENGROUPREQUEST']._serialized_end=708
-  _globals['_OPENGROUPRESPONSE']._serialized_start=710
-  _globals['_OPENGROUPRESPONSE']._serialized_end=770
-  _globals['_SENDREQUEST']._serialized_start=772
-  _globals['_SENDREQUEST']._serialized_end=899
-  _globals['_KVTRANSFER']._serialized_start=902
-  _globals['_KVTRANSFER']._serialized_end=1177
+  _globals['_RENEWREQUEST']._serialized_start=652
+  _globals['_RENEWREQUEST']._serialized_end=687
+  _globals['_RENEWRESPONSE']._serialized_start=689
+  _globals['_RENEWRESPONSE']._serialized_end=750
+  _globals['_OPENGROUPREQUEST']._serialized_start=752
+  _globals['_OPENGROUPREQUEST']._serialized_end=808
+  _globals['_OPENGROUPRESPONSE']._serialized_start=810
+  _globals['_OPENGROUPRESPONSE']._serialized_end=870
+  _globals['_SENDREQUEST']._serialized_start=872
+  _globals['_SENDREQUEST']._serialized_end=999
+  _globals['_KVTRANSFER']._serialized_start=1002
+  _globals['_KVTRANSFER']._serialized_end=1341
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -75,6 +76,20 @@ class ReleaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("request_ids",)
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("ttl_s", "not_found_request_ids")
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: float
+    not_found_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ttl_s: _Optional[float] = ..., not_found_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OpenGroupRequest(_message.Message):
     __slots__ = ("receiver_id", "backend")

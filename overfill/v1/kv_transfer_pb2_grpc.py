@@ -44,6 +44,11 @@ class KVTransferStub:
                 request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/overfill.v1.KVTransfer/Renew',
+                request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.RenewRequest.SerializeToString,
+                response_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.RenewResponse.FromString,
+                _registered_method=True)
         self.OpenGroup = channel.unary_unary(
                 '/overfill.v1.KVTransfer/OpenGroup',
                 request_serializer=overfill_dot_v1_dot_kv__transfer__pb2.OpenGroupRequest.SerializeToString,
@@ -68,6 +73,16 @@ class KVTransferServicer:
 
     def Release(self, request, context):
         """Free a lease once its KV is safely copied (or no longer wanted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """Keep leases alive while their requests wait for a decode slot: each live one expires one TTL from now (never
+        later, so leases nobody renews still expire). Idempotent. An id without a live lease is answered NOT_FOUND in
+        not_found_request_ids (the call itself succeeds; a renewal never recreates a lease); INVALID_ARGUMENT if
+        request_ids is empty or longer than 1024.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +114,11 @@ def add_KVTransferServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.FromString,
                     response_serializer=overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=overfill_dot_v1_dot_kv__transfer__pb2.RenewRequest.FromString,
+                    response_serializer=overfill_dot_v1_dot_kv__transfer__pb2.RenewResponse.SerializeToString,
             ),
             'OpenGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenGroup,
@@ -165,6 +185,33 @@ class KVTransfer:
             '/overfill.v1.KVTransfer/Release',
             overfill_dot_v1_dot_kv__transfer__pb2.ReleaseRequest.SerializeToString,
             overfill_dot_v1_dot_kv__transfer__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/overfill.v1.KVTransfer/Renew',
+            overfill_dot_v1_dot_kv__transfer__pb2.RenewRequest.SerializeToString,
+            overfill_dot_v1_dot_kv__transfer__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
