@@ -118,7 +118,9 @@ def check_burst(service, results: list, samples: list, elapsed: float, timed: bo
     assert {code for code, *_ in results} <= {"OK", "RESOURCE_EXHAUSTED"}, [r[:3] for r in results if r[0] != "OK"]
     served = [i for i, r in enumerate(results) if r[0] == "OK"]
     refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
-    assert len(served) >= CAPACITY // 2 and len(refused) >= len(results) // 2, (len(served), len(refused))
+    # At least what decode holds at once (slots + waiting) is served: the rest of a burst sent all at once may be
+    # refused, by decode too (after its first token).
+    assert len(served) >= NUM_SLOTS + MAX_WAITING and len(refused) >= len(results) // 2, (len(served), len(refused))
     for index in served:
         prompt, max_tokens = burst_prompt(index)
         assert results[index][3] == in_process(service, prompt, max_tokens), index
