@@ -161,10 +161,12 @@ def test_prometheus_metrics_are_exported(service):
     assert wait_for(lambda: count(scrape(), "overfill_time_to_first_token_seconds") > 0
                     and count(scrape(), "overfill_inter_token_latency_seconds") > 0
                     and count(scrape(), "overfill_kv_transfer_seconds") > 0, timeout_s=60)
+    names = ("overfill_e2e_request_latency_seconds_bucket", "overfill_num_requests_running",
+             "overfill_num_requests_waiting", "overfill_kv_cache_usage_perc", "overfill_generation_tokens",
+             "overfill_prompt_tokens", 'role="decode"', 'role="prefill"')
+    # Each replica exports on its own schedule: wait until every one has (a gauge may lag a histogram).
+    assert wait_for(lambda: all(name in scrape() for name in names), timeout_s=60), \
+        [name for name in names if name not in scrape()]
     text = scrape()
-    for name in ("overfill_e2e_request_latency_seconds_bucket", "overfill_num_requests_running",
-                 "overfill_num_requests_waiting", "overfill_kv_cache_usage_perc", "overfill_generation_tokens",
-                 "overfill_prompt_tokens", 'role="decode"', 'role="prefill"'):
-        assert name in text, name
     if not torch.cuda.is_available():
         assert "overfill_gpu_" not in text  # absent, not zero, without a GPU
