@@ -117,13 +117,18 @@ def plot_step(time_series: list[dict], windows: list[dict], stage_bounds: list[t
                      label=pool)
     axes[3].set(xlabel="time since the start (s)", ylabel="running replicas",
                 title="Replicas per pool" if pools else "Replicas per pool (not reported by the service)")
+    return _finish(fig, axes, path)
+
+
+def _finish(fig, axes, path: Path) -> Path:
+    """Grid and legends on every panel, then save the figure and free it."""
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -164,10 +169,4 @@ def plot_soak(samples: list[dict], per_minute: list[dict], path: Path) -> Path:
     for ax in axes:
         if drain is not None:
             ax.axvline(drain, color="black", linestyle=":", linewidth=1)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, path)
