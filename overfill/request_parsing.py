@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from overfill.varint import MAX_VARINT_BYTES, OverlongVarint, TruncatedVarint, read_varint
+
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
@@ -100,15 +102,9 @@ def _first_problem(buf: memoryview, descriptor: Descriptor, prefix: str) -> str 
 
 
 def _varint(buf: memoryview, pos: int, name: str) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise _Malformed(f"{name} is truncated")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed(f"{name} holds a varint longer than 10 bytes")
+    try:
+        return read_varint(buf, pos)
+    except TruncatedVarint:
+        raise _Malformed(f"{name} is truncated") from None
+    except OverlongVarint:
+        raise _Malformed(f"{name} holds a varint longer than {MAX_VARINT_BYTES} bytes") from None

@@ -11,6 +11,7 @@ Headers (small) go through the generated classes as usual.
 from __future__ import annotations
 
 from overfill.transport.wire import Chunk
+from overfill.varint import read_varint
 
 _CHUNK_FIELD = 0x12   # KVMessage.chunk, wire type 2
 _HEADER_FIELD = 0x0A  # KVMessage.header, wire type 2
@@ -26,21 +27,6 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
 
 
 def encode_chunk_message(chunk: Chunk) -> bytes:
@@ -59,23 +45,23 @@ def decode_chunk_message(raw: bytes) -> Chunk:
     buf = memoryview(raw)
     if not buf or buf[0] != _CHUNK_FIELD:
         raise ValueError("not a KVMessage chunk")
-    length, pos = _read_varint(buf, 1)
+    length, pos = read_varint(buf, 1)
     end = pos + length
     if end != len(buf):
         raise ValueError("KVMessage chunk length does not match the frame")
     kind = offset = 0
     data = memoryview(b"")
     while pos < end:
-        tag, pos = _read_varint(buf, pos)
+        tag, pos = read_varint(buf, pos)
         field, wire_type = tag >> 3, tag & 7
         if wire_type == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             if field == 1:
                 kind = value
             elif field == 2:
                 offset = value
         elif wire_type == 2:
-            size, pos = _read_varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             if pos + size > end:
                 raise ValueError("truncated KVChunk field")
             if field == 3:
