@@ -4,8 +4,10 @@
         for piece in client.generate("What is the capital of France?", max_tokens=32):
             print(piece.text, end="", flush=True)
 
-Errors arrive as `OverFillError` with the gRPC status name (`code`) and the service's message (which names the
-field at fault for INVALID_ARGUMENT).
+Errors arrive as `OverFillError` with the gRPC status name (`code`), the service's message (which names the
+field at fault for INVALID_ARGUMENT) and the `request_id`. Every Generate call carries one (the caller's, else a
+fresh one made here), so even an error the client raises itself, such as its own deadline, says which request it
+was, and the service's logs and metrics can be searched for it.
 
 A service with API keys wants `api_key=` (sent as `authorization: Bearer <key>` metadata); one behind TLS wants
 `tls_root_cert=` (the CA certificate that signed the server's, as a PEM file path or bytes; for a self-signed
@@ -14,6 +16,7 @@ certificate, the certificate itself).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,13 +27,23 @@ from overfill.v1 import generation_pb2_grpc as pb_grpc
 
 
 class OverFillError(RuntimeError):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, request_id: str = ""):
         super().__init__(f"{code}: {message}")
-        self.code, self.message = code, message
+        self.code, self.message, self.request_id = code, message, request_id
 
     @classmethod
-    def of(cls, error: grpc.RpcError) -> OverFillError:
-        return cls(error.code().name, error.details() or "")
+    def of(cls, error: grpc.RpcError, request_id: str = "") -> OverFillError:
+        """The service's status and message; one that does not name `request_id` (e.g. the client's own deadline)
+        gets it appended."""
+        message = error.details() or ""
+        if request_id and request_id not in message:
+            message = f"{message} (request {request_id!r})" if message else f"request {request_id!r}"
+        return cls(error.code().name, message, request_id)
+
+
+def with_request_id(kwargs: dict) -> dict:
+    """`make_request` arguments with a request id: the caller's, else a fresh one."""
+    return {**kwargs, "request_id": kwargs.get("request_id") or uuid.uuid4().hex}
 
 
 def make_request(prompt: str | None = None, messages: list[dict] | None = None, max_tokens: int = 0,
@@ -75,20 +88,21 @@ class OverFillClient:
 
     def generate(self, prompt: str | None = None, **kwargs) -> Iterator[pb.GenerateResponse]:
         """Stream responses; the last has finish_reason and usage. Closing the iterator cancels the request."""
-        call = self.stub.Generate(make_request(prompt, **kwargs), timeout=self.timeout_s, metadata=self.metadata)
+        request = make_request(prompt, **with_request_id(kwargs))
+        call = self.stub.Generate(request, timeout=self.timeout_s, metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as e:
-            raise OverFillError.of(e) from e
+            raise OverFillError.of(e, request.request_id) from e
         finally:
             call.cancel()
 
     def generate_unary(self, prompt: str | None = None, **kwargs) -> pb.GenerateUnaryResponse:
+        request = make_request(prompt, **with_request_id(kwargs))
         try:
-            return self.stub.GenerateUnary(make_request(prompt, **kwargs), timeout=self.timeout_s,
-                                           metadata=self.metadata)
+            return self.stub.GenerateUnary(request, timeout=self.timeout_s, metadata=self.metadata)
         except grpc.RpcError as e:
-            raise OverFillError.of(e) from e
+            raise OverFillError.of(e, request.request_id) from e
 
     def health(self) -> str:
         return self.health_report().status
@@ -127,21 +141,22 @@ class AsyncOverFillClient:
         self.timeout_s, self.metadata = timeout_s, call_metadata(metadata, api_key)
 
     async def generate(self, prompt: str | None = None, **kwargs) -> AsyncIterator[pb.GenerateResponse]:
-        call = self.stub.Generate(make_request(prompt, **kwargs), timeout=self.timeout_s, metadata=self.metadata)
+        request = make_request(prompt, **with_request_id(kwargs))
+        call = self.stub.Generate(request, timeout=self.timeout_s, metadata=self.metadata)
         try:
             async for response in call:
                 yield response
         except grpc.RpcError as e:
-            raise OverFillError.of(e) from e
+            raise OverFillError.of(e, request.request_id) from e
         finally:
             call.cancel()
 
     async def generate_unary(self, prompt: str | None = None, **kwargs) -> pb.GenerateUnaryResponse:
+        request = make_request(prompt, **with_request_id(kwargs))
         try:
-            return await self.stub.GenerateUnary(make_request(prompt, **kwargs), timeout=self.timeout_s,
-                                                 metadata=self.metadata)
+            return await self.stub.GenerateUnary(request, timeout=self.timeout_s, metadata=self.metadata)
         except grpc.RpcError as e:
-            raise OverFillError.of(e) from e
+            raise OverFillError.of(e, request.request_id) from e
 
     async def close(self) -> None:
         await self.channel.close()
