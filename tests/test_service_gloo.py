@@ -1,20 +1,25 @@
 """The service end to end with `kv.transport=gloo`: KV metadata over the gRPC KV service, bytes over a 2-rank gloo
 process group between the prefill and the decode replica (the CPU twin of the NCCL path). Greedy output equals the
-in-process engine, concurrent streams share one cached group, and no KV is left. One cluster for the module."""
+in-process engine, concurrent streams share one cached group, a prefill replica that dies mid-transfer fails only its
+request, and no KV is left. One cluster for the module (faults enabled for the last test's one request)."""
 
 import asyncio
+import time
 
 import pytest
 
-from overfill.client import AsyncOverFillClient, OverFillClient
-from tests.service_helpers import assert_no_kv_left, in_process, pool_stats, tiny_service
+from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from overfill.serving.faults import FAULTS_METADATA_KEY
+from tests.faults.replicas import kill_replica, replica_actors, wait_pool_restored
+from tests.service_helpers import assert_no_kv_left, in_process, pool_stats, tiny_service, wait_for
 
 pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    with tiny_service(tmp_path_factory.mktemp("service-gloo"), "kv.transport=gloo", "kv.transfer_timeout_s=20") as service:
+    with tiny_service(tmp_path_factory.mktemp("service-gloo"), "kv.transport=gloo", "kv.transfer_timeout_s=20",
+                      "faults.enabled=true") as service:
         yield service
 
 
@@ -44,3 +49,40 @@ def test_eight_concurrent_streams_over_one_group(service):
     assert after["kv_transfers"] - before["kv_transfers"] == len(prompts)
     assert after["kv_groups_opened"] == 1 and after["kv_failed_transfers"] == 0  # the pair's group was reused
     assert_no_kv_left(service["config"])
+
+
+def test_a_prefill_replica_dying_mid_transfer_fails_only_its_request(service):
+    """The prefill replica is killed while the decode replica waits in its gloo receive (the prefill side holds the
+    bytes back: `delay_send_s`). That request ends with UNAVAILABLE naming it, long before the transfer timeout; the
+    decode replica tears the pair's group down and keeps serving; Serve replaces the prefill replica and the next
+    requests reach it over a new group, bit-exact; no KV is left on either side."""
+    config, app = service["config"], service["config"].server.app_name
+    before = pool_stats(config, "decode")
+    prompt = "What is the capital of France?"
+    metadata = ((FAULTS_METADATA_KEY, "delay_send_s=60"),)
+    with OverFillClient(service["address"], timeout_s=60, metadata=metadata) as client:
+        stream = client.generate(prompt, max_tokens=20, request_id="gloo-orphan-1")
+        assert len(next(stream).token_ids) == 1  # the first token: the KV is leased, decode asked for the bytes
+        assert wait_for(lambda: pool_stats(config, "decode")["kv_receiving"] == 1, 10)
+        (prefill_replica,) = replica_actors(app, "prefill")
+        kill_replica(app, "prefill", prefill_replica)
+        started = time.monotonic()
+        with pytest.raises(OverFillError) as error:
+            list(stream)
+    assert error.value.code == "UNAVAILABLE" and "gloo-orphan-1" in error.value.message
+    assert "over gloo failed" in error.value.message
+    assert time.monotonic() - started < config.kv.transfer_timeout_s  # the dead peer is noticed, not timed out
+    after = pool_stats(config, "decode")
+    assert after["kv_failed_transfers"] == before["kv_failed_transfers"] + 1 and after["kv_groups"] == 0
+    assert after["kv_receiving"] == 0 and after["num_free_slots"] == config.decode.num_slots
+
+    wait_pool_restored(app, "prefill", config.prefill.num_replicas)
+    assert prefill_replica not in replica_actors(app, "prefill")
+    with OverFillClient(service["address"], timeout_s=60) as client:
+        for prompt in [prompt, "one two three"]:
+            token_ids = [t for piece in client.generate(prompt, max_tokens=20) for t in piece.token_ids]
+            assert token_ids == in_process(service, prompt, 20)
+    final = pool_stats(config, "decode")
+    assert final["kv_groups_opened"] == after["kv_groups_opened"] + 1 and final["kv_groups"] == 1
+    assert final["kv_failed_transfers"] == after["kv_failed_transfers"]
+    assert_no_kv_left(config)

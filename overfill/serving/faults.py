@@ -23,6 +23,7 @@ FAULTS_METADATA_KEY = "x-overfill-faults"
 class FaultPlan:
     delay_pull_s: float = 0.0                 # decode: wait this long after admission before pulling the KV
     drop_pull_after_chunks: int | None = None  # prefill KV service: cut the pull with UNAVAILABLE after N chunks
+    delay_send_s: float = 0.0                 # prefill, gloo/nccl: wait this long before sending the KV bytes
     stall_after_tokens: int = 0               # decode: the step after this request's Nth token on a replica stalls
     stall_step_s: float = 0.0                 # ... for this long, holding the model thread (0: no stall)
     stall_replicas: int = 1                   # how many decode replicas in turn stall it (migrations meet it again)

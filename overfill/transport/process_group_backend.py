@@ -70,9 +70,11 @@ class _SenderPair:
     """The prefill side of one pair: its group, built and used only on the pair's own thread, fed leases in the order
     Send answered. After a failure it is `broken`: queued and later leases are freed, never sent."""
 
-    def __init__(self, group_id: str, receiver_id: str, build, on_failed, idle_s: float):
+    def __init__(self, group_id: str, receiver_id: str, build, on_failed, idle_s: float,
+                 send_delay_of=lambda request_id: 0.0):
         self.group_id, self.receiver_id, self.idle_s = group_id, receiver_id, idle_s
         self._on_failed = on_failed  # (request_id, reason) -> None: frees the lease
+        self._send_delay_of = send_delay_of  # request_id -> seconds to wait before sending (test-only faults)
         self._queue: queue.Queue[Lease | None] = queue.Queue()
         self._lock = threading.Lock()  # orders `broken` against submits
         self.broken = False
@@ -142,6 +144,7 @@ class _SenderPair:
                         self._on_failed(lease.request_id, "the pair group broke")
                     return
                 try:
+                    time.sleep(self._send_delay_of(lease.request_id))
                     group.send(lease.k, lease.v, lease.ready)
                     self.num_sent += 1
                 except PairGroupError as e:
@@ -213,6 +216,7 @@ class ProcessGroupKVSender(GrpcKVSender):
         self._pairs_lock = threading.Lock()
         self._store: StoreHost | None = None
         self.num_failed_transfers = 0
+        self._send_delays: dict[str, float] = {}  # request_id -> seconds (test-only faults)
         super().__init__(secret, bind_address=bind_address, **kwargs)
 
     def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -245,10 +249,18 @@ class ProcessGroupKVSender(GrpcKVSender):
                 self._retired.append(old)
             self._retired = [pair for pair in self._retired if pair.running]
             self._pairs[receiver_id] = _SenderPair(group_id, receiver_id, build, self._transfer_failed,
-                                                   self.pair_idle_s)
+                                                   self.pair_idle_s, self._take_send_delay)
         if old is not None:
             old.close()
         return group_id, store.address
+
+    def delay_send(self, request_id: str, seconds: float) -> None:
+        """Test-only chaos hook (overfill/serving/faults.py): the pair thread waits `seconds` before sending this
+        request's bytes, while the decode replica already waits for them in its receive."""
+        self._send_delays[request_id] = seconds
+
+    def _take_send_delay(self, request_id: str) -> float:
+        return self._send_delays.pop(request_id, 0.0)
 
     def pair_of_group(self, group_id: str) -> _SenderPair | None:
         with self._pairs_lock:
@@ -299,6 +311,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         self.num_groups_opened = 0
         self.num_transfers = 0
         self.num_failed_transfers = 0
+        self._receiving: set[str] = set()  # request ids whose bytes are being received (one per pair at most)
 
     def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0) -> tuple[torch.Tensor, torch.Tensor]:
         deadline = time.monotonic() + timeout_s
@@ -322,12 +335,15 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
                 group = self._open(address, deadline)
                 layout = self._request_send(ticket, expected, group, deadline)
             # 3) Receive them.
+            self._receiving.add(ticket.request_id)
             try:
                 k, v = group.recv(layout)
             except PairGroupError as e:
                 self._transfer_failed(ticket)
                 raise KVTransferError("UNAVAILABLE", f"KV transfer of {ticket.request_id!r} from {address} over "
                                                      f"{self.backend} failed: {e}") from e
+            finally:
+                self._receiving.discard(ticket.request_id)
             self.num_transfers += 1
             return k, v
         finally:
@@ -390,7 +406,8 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
 
     def stats(self) -> dict:
         return {"kv_groups": len(self._groups), "kv_groups_opened": self.num_groups_opened,
-                "kv_transfers": self.num_transfers, "kv_failed_transfers": self.num_failed_transfers}
+                "kv_transfers": self.num_transfers, "kv_failed_transfers": self.num_failed_transfers,
+                "kv_receiving": len(self._receiving)}
 
     def close(self) -> None:
         for address in list(self._groups):

@@ -60,6 +60,11 @@ class PrefillServer:
                 raise ServiceError("INVALID_ARGUMENT", "x-overfill-faults: drop_pull_after_chunks needs a KV transport "
                                                        f"that streams chunks, not {type(self.sender).__name__}")
             self.sender.cut_pull_after(request.request_id, faults.drop_pull_after_chunks)
+        if faults is not None and faults.delay_send_s > 0:
+            if not hasattr(self.sender, "delay_send"):
+                raise ServiceError("INVALID_ARGUMENT", "x-overfill-faults: delay_send_s needs a process-group KV "
+                                                       f"transport (gloo or nccl), not {type(self.sender).__name__}")
+            self.sender.delay_send(request.request_id, faults.delay_send_s)
         return await self.worker.prefill(request)
 
     async def stats(self) -> dict:
