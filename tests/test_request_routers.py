@@ -30,3 +30,12 @@ def test_decode_prefers_the_most_free_kv_among_replicas_that_can_admit():
         {},
     )
     assert ranking(MostFreeKVRouter, candidates) == [["r2"], ["r0"], ["r3"], ["r1"], ["r4"]]
+
+
+def test_decode_ranks_a_replica_stuck_in_a_step_last_whatever_its_free_kv():
+    candidates = replicas(
+        {"num_free_slots": 16, "num_waiting": 0, "stuck_step_s": 75.0},
+        {"num_free_slots": 0, "num_waiting": 3, "stuck_step_s": 0.0},
+        {"num_free_slots": 1, "num_waiting": 0},
+    )
+    assert ranking(MostFreeKVRouter, candidates) == [["r2"], ["r1"], ["r0"]]

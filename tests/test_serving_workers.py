@@ -2,6 +2,7 @@
 and back-pressure, and no KV left behind (leases, slots)."""
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -144,6 +145,53 @@ def test_back_pressure_and_limits_are_immediate_errors(models):
 
     asyncio.run(run())
     assert sender.num_leases == 0
+    prefill.close(), decode.close()
+
+
+def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails_the_health_check(models):
+    """A wedged device: the step blocks until released. Its request gets DEADLINE_EXCEEDED at max_step_s; meanwhile
+    new requests are refused at once with UNAVAILABLE (their leases untouched, to be served elsewhere) and the
+    replica says so in its stats; past unhealthy_step_s check_health raises. Once the step returns, all is well."""
+    full, decoder = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=2, max_seq_len=128, max_step_s=0.3, unhealthy_step_s=0.8))
+    device_back = threading.Event()
+    original_step = decode._step
+    decode._step = lambda batch: device_back.wait() and original_step(batch)
+    sampling = SamplingParams(max_new_tokens=8)
+
+    async def run():
+        stuck = await prefill.prefill(PrefillRequest("stuck", PROMPTS[0], sampling))
+        with pytest.raises(ServiceError) as error:
+            [chunk async for chunk in decode.generate(stuck, sampling)]
+        assert error.value.code == "DEADLINE_EXCEEDED" and "decode.max_step_s" in error.value.message
+        decode.check_health()  # stuck past max_step_s, not yet past unhealthy_step_s
+        assert decode.stats()["stuck_step_s"] > 0.3
+
+        waiting = await prefill.prefill(PrefillRequest("next", PROMPTS[1], sampling))
+        started = time.monotonic()
+        with pytest.raises(ServiceError) as error:
+            await decode.generate(waiting, sampling).__anext__()
+        assert error.value.code == "UNAVAILABLE" and "'next'" in error.value.message
+        assert time.monotonic() - started < 0.1 and sender.num_leases == 1  # its KV waits for another replica
+
+        await asyncio.sleep(0.9)
+        with pytest.raises(RuntimeError, match="decode.unhealthy_step_s"):
+            decode.check_health()
+
+        device_back.set()
+        for _ in range(100):
+            if decode.stats()["stuck_step_s"] == 0 and decode.cache.num_free_slots == 2:
+                break
+            await asyncio.sleep(0.01)
+        decode.check_health()
+        return [waiting.first_token] + [t async for chunk in decode.generate(waiting, sampling) for t in chunk.token_ids]
+
+    tokens = asyncio.run(run())
+    assert tokens == TwoStageEngine(full, decoder, {EOS}).generate([PROMPTS[1]], sampling, "overfill")[0].token_ids
+    assert decode.cache.num_free_slots == 2 and sender.num_leases == 0
     prefill.close(), decode.close()
 
 

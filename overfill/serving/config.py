@@ -49,6 +49,8 @@ class PrefillPoolConfig(PoolResources):
     max_queued_tokens: int = 32768        # prompt tokens waiting for a batch (bounds TTFT); beyond: RESOURCE_EXHAUSTED
     max_leased_tokens: int = 65536        # prompt tokens whose KV this replica holds or will hold (queued, running,
                                           # leased until pulled): its KV memory bound; beyond: RESOURCE_EXHAUSTED
+    onednn_cache_entries: int = 64        # CPU: oneDNN's per-shape caches, bounded (engine/linear.py); prompts of
+                                          # every length would otherwise grow the replica by hundreds of MiB
 
 
 @dataclass
@@ -57,6 +59,8 @@ class DecodePoolConfig(PoolResources):
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
     cuda_graphs: bool = True              # replay decode steps from CUDA graphs (models.device cuda only)
     max_step_s: float = 60.0              # a decode step running longer fails its requests with DEADLINE_EXCEEDED
+    unhealthy_step_s: float = 300.0       # a decode step running longer fails the replica's health check: Serve
+                                          # replaces it (a device that never returns)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class ServiceConfig:
             ("prefill.max_batch_tokens", self.prefill.max_batch_tokens >= 1, ">= 1"),
             ("prefill.max_batch_size", self.prefill.max_batch_size >= 1, ">= 1"),
             ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),
+            ("prefill.onednn_cache_entries", self.prefill.onednn_cache_entries >= 1, ">= 1"),
             ("prefill.max_queued_tokens", self.prefill.max_queued_tokens >= self.server.max_context_tokens,
              f">= server.max_context_tokens = {self.server.max_context_tokens} (a full-context prompt must fit)"),
             ("prefill.max_leased_tokens", self.prefill.max_leased_tokens >= self.server.max_context_tokens,
@@ -144,6 +149,8 @@ class ServiceConfig:
             ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),
             ("decode.max_waiting", self.decode.max_waiting >= 0, ">= 0"),
             ("decode.max_step_s", self.decode.max_step_s > 0, "> 0"),
+            ("decode.unhealthy_step_s", self.decode.unhealthy_step_s >= self.decode.max_step_s,
+             f">= decode.max_step_s = {self.decode.max_step_s:g}"),
         ]
         for pool in ("prefill", "decode", "server"):
             checks.append((f"{pool}.num_replicas", getattr(self, pool).num_replicas >= 1, ">= 1"))

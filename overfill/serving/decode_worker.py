@@ -9,7 +9,8 @@ and the lease released. A single background loop then runs one forward per step 
 every active sequence: sequences join between steps and leave as soon as they finish or their caller goes away, and
 their slot is freed at that step boundary. All cache work runs on one model thread; KV pulls run on other threads.
 A step that runs past `max_step_s` fails its sequences with DEADLINE_EXCEEDED at once; their slots are freed when
-the step returns (the model thread cannot be interrupted).
+the step returns (the model thread cannot be interrupted). A step still running after `unhealthy_step_s` makes
+`check_health` fail, so the replica's supervisor (Ray Serve) replaces a replica whose device never comes back.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class DecodeSettings:
     max_waiting: int = 64        # admitted-to-wait requests beyond the slots; more get RESOURCE_EXHAUSTED
     kv_pull_timeout_s: float = 30.0
     max_step_s: float = 60.0     # a step running longer fails its sequences with DEADLINE_EXCEEDED
+    unhealthy_step_s: float = 300.0  # a step running longer makes check_health fail (the replica is replaced)
     cuda_graphs: bool = False    # decode steps replayed from CUDA graphs (engine/cuda_graphs.py); CUDA only
 
 
@@ -79,6 +81,7 @@ class DecodeWorker:
         self._task: asyncio.Task | None = None
         self._work: asyncio.Event | None = None
         self._num_faulty = 0  # active sequences with a fault plan: only then does a step look for a stall
+        self._step_started_at: float | None = None  # monotonic time the running step began; None between steps
         self.num_finished = 0
 
     # ---- public ------------------------------------------------------------------------------------------------
@@ -92,6 +95,11 @@ class DecodeWorker:
         if prefill.prompt_tokens + sampling.max_new_tokens > self.settings.max_seq_len:
             raise ServiceError("RESOURCE_EXHAUSTED", f"prompt ({prefill.prompt_tokens}) + max_tokens "
                                                      f"({sampling.max_new_tokens}) exceeds {self.settings.max_seq_len}")
+        stuck_s = self._stuck_step_s()
+        if stuck_s > 0:
+            raise ServiceError("UNAVAILABLE", f"decode replica refused request {prefill.request_id!r}: its model "
+                                              f"thread is held by a step running {stuck_s:.0f} s, past "
+                                              f"decode.max_step_s = {self.settings.max_step_s:g} s")
         self._ensure_running()
         slot = await self._admit(prefill)
         sequence = None
@@ -148,7 +156,24 @@ class DecodeWorker:
             "num_finished": self.num_finished,
             "num_leases_kept": self.lease_keeper.num_kept,
             "num_leases_lost_waiting": self.lease_keeper.num_lost,
+            "stuck_step_s": self._stuck_step_s(),  # > 0: admits nothing; the decode router ranks it last
         }
+
+    def check_health(self) -> None:
+        """Raises while the model thread is held by one step for longer than `unhealthy_step_s`."""
+        running_s = self._step_running_s()
+        if running_s > self.settings.unhealthy_step_s:
+            raise RuntimeError(f"a decode step has been running for {running_s:.0f} s, past decode.unhealthy_step_s "
+                               f"= {self.settings.unhealthy_step_s:g} s: the model thread is stuck")
+
+    def _step_running_s(self) -> float:
+        started = self._step_started_at
+        return 0.0 if started is None else time.monotonic() - started
+
+    def _stuck_step_s(self) -> float:
+        """How long the running step has been running, if past max_step_s (its requests were failed); else 0."""
+        running_s = self._step_running_s()
+        return running_s if running_s > self.settings.max_step_s else 0.0
 
     def close(self) -> None:
         if self._task is not None:
@@ -234,6 +259,7 @@ class DecodeWorker:
                 continue
             batch = list(self._active)
             stall_s = self._stall_s(batch) if self._num_faulty else 0.0
+            self._step_started_at = time.monotonic()
             step = loop.run_in_executor(self._model_thread, self._timed_step, batch, stall_s)
             try:
                 tokens = await asyncio.wait_for(asyncio.shield(step), self.settings.max_step_s)
@@ -247,6 +273,8 @@ class DecodeWorker:
                 log.exception("decode step of %d sequences failed", len(batch))
                 self._fail(batch, "INTERNAL", f"decode step failed: {e}")
                 continue
+            finally:
+                self._step_started_at = None
             for sequence, token in zip(batch, tokens):
                 if sequence.cancelled:
                     continue

@@ -37,6 +37,7 @@ class DecodeServer:
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
                            max_waiting=config.decode.max_waiting, max_step_s=config.decode.max_step_s,
+                           unhealthy_step_s=config.decode.unhealthy_step_s,
                            kv_pull_timeout_s=config.kv.transfer_timeout_s,
                            cuda_graphs=config.decode.cuda_graphs),
         )
@@ -49,6 +50,11 @@ class DecodeServer:
             if chunk.kv_transfer_s is not None:
                 self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
             yield chunk
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve every health_check_period_s: raising marks this replica unhealthy and Serve replaces
+        it. Fails while one decode step holds the model thread past decode.unhealthy_step_s."""
+        self.worker.check_health()
 
     async def stats(self) -> dict:
         return {**self.worker.stats(), **self.receiver.stats()}

@@ -22,13 +22,14 @@ class LeastQueuedTokensRouter(RequestRouter):
 
 
 class MostFreeKVRouter(RequestRouter):
-    """Decode: among replicas with a free KV slot, the one with the most; then those with the shortest wait."""
+    """Decode: among replicas with a free KV slot, the one with the most; then those with the shortest wait. A
+    replica whose model thread is stuck in a step (it refuses everything) comes last."""
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         def key(replica: RunningReplica) -> tuple:
             stats = replica.routing_stats or {}
             free = stats.get("num_free_slots", 0)
-            return (0 if free > 0 else 1, -free, stats.get("num_waiting", UNKNOWN))
+            return (stats.get("stuck_step_s", 0) > 0, 0 if free > 0 else 1, -free, stats.get("num_waiting", UNKNOWN))
 
         return [[replica] for replica in sorted(candidate_replicas, key=key)]

@@ -34,6 +34,7 @@ from tests.service_helpers import in_process, tiny_service, wait_for
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
 MAX_STEP_S = 4.0
+UNHEALTHY_STEP_S = 12.0  # past the stalls other tests make before they kill or release their replica
 PROMPTS = ["one two three", "What is the capital of France?", "alpha is a word", "count with me: one two three",
            "The quick brown fox", "def add(a, b):"]
 
@@ -43,6 +44,7 @@ def service(tmp_path_factory):
     with tiny_service(
         tmp_path_factory.mktemp("faults"), "prefill.num_replicas=2", "decode.num_replicas=2",
         f"kv.lease_ttl_s={LEASE_TTL_S}", "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}",
+        f"decode.unhealthy_step_s={UNHEALTHY_STEP_S}",
         "decode.graceful_shutdown_timeout_s=25", "faults.enabled=true",
     ) as service:
         yield {**service, "app": service["config"].server.app_name}
@@ -150,6 +152,25 @@ def test_a_decode_step_stalled_past_the_deadline(service):
     assert "decode.max_step_s" in error.value.message and time.monotonic() - started < deadline_s
     assert_serves_correctly(service)  # on another replica, or on this one once its step returned
     assert_no_kv_anywhere(service["config"])  # the stalled step's slot too, once it returned
+
+
+def test_a_decode_replica_stuck_in_a_step_is_replaced(service):
+    """A step that never comes back (a wedged device): the request fails at decode.max_step_s, then the replica's
+    health check fails past decode.unhealthy_step_s and Serve replaces it while the other replica serves."""
+    app = service["app"]
+    with faulty_client(service, "stall_after_tokens=2,stall_step_s=600", timeout_s=MAX_STEP_S + 5) as client:
+        stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="stuck-1")
+        read_until(stream, 2)
+        stuck = busy_replica(app, "decode", "num_running")
+        with pytest.raises(OverFillError) as error:
+            list(stream)
+    assert error.value.code == "DEADLINE_EXCEEDED" and "stuck-1" in error.value.message
+    assert_serves_correctly(service)  # the other replica, while this one's model thread stays held
+    assert wait_for(lambda: stuck not in replica_actors(app, "decode"), UNHEALTHY_STEP_S + 60), \
+        "Serve did not replace the replica whose step never returned"
+    wait_pool_restored(app, "decode", service["config"].decode.num_replicas)
+    assert_serves_correctly(service)
+    assert_no_kv_anywhere(service["config"])
 
 
 def test_serve_replaces_every_killed_replica(service):
