@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from overfill.engine.linear import bound_onednn_caches
 from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
@@ -36,6 +37,7 @@ def kv_host(config: ServiceConfig) -> str:
 class PrefillServer:
     def __init__(self, config: ServiceConfig):
         apply_torch_threads(config.prefill.torch_threads)
+        bound_onednn_caches(config.prefill.onednn_cache_entries)  # before the first oneDNN op: see its NOTE
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
