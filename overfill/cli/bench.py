@@ -39,6 +39,19 @@ def add_parser(subparsers) -> None:
     transfer.add_argument("--json", type=Path, help="write the results here")
     transfer.set_defaults(run=run_transfer)
 
+    memory = sub.add_parser("prefill-memory", help="prefill RSS under prompts of every length, per oneDNN cache "
+                                                   "bound (table, JSON, PNG)")
+    memory.add_argument("--model", default="smollm2-135m")
+    memory.add_argument("--cache-entries", type=_int_list, default=[0, 64],
+                        help="variants: entries per oneDNN cache, 0 = the defaults (default 0,64)")
+    memory.add_argument("--num-requests", type=int, default=600)
+    memory.add_argument("--prompt-lens", default="96-160", help="MIN-MAX prompt tokens (default 96-160)")
+    memory.add_argument("--max-batch", type=int, default=4)
+    memory.add_argument("--warmup", type=int, default=50, help="requests before the 'RSS warm' column")
+    memory.add_argument("--seed", type=int, default=0)
+    memory.add_argument("--json", type=Path, help="write the results here (and the plot next to it, .png)")
+    memory.set_defaults(run=run_prefill_memory)
+
     service = sub.add_parser("service", help="service TTFT and decode throughput vs in-process, KV transfer GB/s")
     service.add_argument("--config", default="deploy/local.yaml")
     service.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -69,6 +82,22 @@ def run_transfer(args: argparse.Namespace) -> int:
                                                   repeats=args.repeats))
     print(format_report(result))
     _save(result, args.json)
+    return 0
+
+
+def run_prefill_memory(args: argparse.Namespace) -> int:
+    from overfill.bench.prefill_memory import PrefillMemorySpec, format_report, plot, run_prefill_memory_bench
+
+    min_len, _, max_len = args.prompt_lens.partition("-")
+    spec = PrefillMemorySpec(model=args.model, cache_entries=args.cache_entries, num_requests=args.num_requests,
+                             min_len=int(min_len), max_len=int(max_len or min_len), max_batch=args.max_batch,
+                             warmup=args.warmup, seed=args.seed)
+    result = run_prefill_memory_bench(spec)
+    print(format_report(result))
+    _save(result, args.json)
+    if args.json:
+        plot(result, args.json.with_suffix(".png"))
+        print(f"saved {args.json.with_suffix('.png')}")
     return 0
 
 
