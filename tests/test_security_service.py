@@ -81,18 +81,24 @@ def refused(call) -> OverFillError:
     return error.value
 
 
+def naming_the_request(message: str, error) -> str:
+    """The service's message as the client reports it: Generate calls carry a request id, which it appends."""
+    return f"{message} (request {error.request_id!r})" if error.request_id else message
+
+
 def test_every_rpc_but_health_needs_a_valid_key(service):
     with OverFillClient(service["plain"], timeout_s=60) as anonymous:
         assert anonymous.health() == "SERVING"  # probes carry no key
         for call in (anonymous.model_info, lambda: anonymous.generate_unary(PROMPT, max_tokens=4),
                      lambda: list(anonymous.generate(PROMPT, max_tokens=4))):
             error = refused(call)
-            assert (error.code, error.message) == ("UNAUTHENTICATED", "missing API key: send gRPC metadata "
-                                                                      "`authorization: Bearer <key>`")
+            assert (error.code, error.message) == ("UNAUTHENTICATED", naming_the_request(
+                "missing API key: send gRPC metadata `authorization: Bearer <key>`", error))
     wrong = "wrong-key-" + "9" * 16
     with OverFillClient(service["plain"], timeout_s=60, api_key=wrong) as client:
         error = refused(lambda: list(client.generate(PROMPT, max_tokens=4)))
-        assert (error.code, error.message) == ("UNAUTHENTICATED", "invalid API key") and wrong not in str(error)
+        assert len(error.request_id) == 32 and wrong not in str(error)
+        assert (error.code, error.message) == ("UNAUTHENTICATED", naming_the_request("invalid API key", error))
     with OverFillClient(service["plain"], timeout_s=60, metadata=(("authorization", FILE_KEY),)) as client:
         assert refused(client.model_info).code == "UNAUTHENTICATED"  # no Bearer scheme
     outputs = []
