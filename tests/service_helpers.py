@@ -15,10 +15,19 @@ from overfill.serving.config import ServiceConfig, load_config
 from tests.tiny import CORPUS, save_tiny
 
 
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free local port that this test process has not handed out before: the OS may offer a port it just freed
+    again, and two settings given the same port make a config invalid (seen: tls_port == another port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def build_tiny_models(root: Path) -> tuple[Path, Path]:
