@@ -44,8 +44,8 @@ def bound_onednn_caches(entries: int) -> None:
     NOTE: each prepacked matmul keeps a primitive (JIT code plus buffers) per input shape in two caches, about
     0.3 MiB per entry for a [1536, 576] weight and more for larger ones; prefill batches have a new row count almost
     every time, so at the default 1024 entries a prefill replica of SmolLM2-135M grew by ~500 MiB over a 30-minute
-    soak. With 64 entries it levels off within a few hundred requests, and making a primitive for a new shape costs
-    about 1% of that prefill. Both caches read their capacity from the environment at the process's first oneDNN
+    soak. With 64 entries it levels off within a few hundred requests at the same prefill speed (`overfill bench
+    prefill-memory`: ratio 0.998). Both caches read their capacity from the environment at the process's first oneDNN
     op, so this must run before any model is loaded; a capacity already set in the environment wins.
     """
     if entries < 1:
