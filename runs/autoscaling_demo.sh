@@ -8,21 +8,15 @@
 # Knobs: SLOTS (decode slots per replica, default 8: a small KV budget so the local load can fill it), STAGES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=runs/serve_in_background.sh
+source runs/serve_in_background.sh
 OUT=${OUT:-runs/out-autoscaling}
 SLOTS=${SLOTS:-8}
 PORT=${PORT:-9000}
 STAGES=${STAGES:-'[{"rate":0.2,"duration":40},{"rate":1.5,"duration":90},{"rate":0,"duration":150}]'}
 mkdir -p "$OUT"
 
-make decoder >/dev/null
-.venv/bin/overfill serve --config deploy/local.yaml --port "$PORT" --set decode.num_slots="$SLOTS" \
-    >"$OUT/serve.log" 2>&1 &
-SERVE_PID=$!
-trap 'kill -TERM $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null || true' EXIT
-until grep -q "ready on" "$OUT/serve.log"; do
-    kill -0 $SERVE_PID 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }
-    sleep 2
-done
+serve_in_background "$OUT/serve.log" --port "$PORT" --set decode.num_slots="$SLOTS"
 
 .venv/bin/overfill loadtest step --target "127.0.0.1:$PORT" --stages "$STAGES" --dataset random \
     --random-input-len 128 --random-output-len 64 --random-range-ratio 0.25 --seed 0 \

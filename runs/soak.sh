@@ -27,6 +27,8 @@
 # RATE (skip the sweep and soak at exactly this rate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=runs/serve_in_background.sh
+source runs/serve_in_background.sh
 OUT=${OUT:-runs/out-soak}
 PORT=${PORT:-9000}
 MINUTES=${MINUTES:-30}
@@ -38,14 +40,7 @@ DATA=(--dataset random --random-input-len 128 --random-output-len 64 --random-ra
 mkdir -p "$OUT"
 
 # 1) The service.
-make decoder >/dev/null
-.venv/bin/overfill serve --config deploy/local.yaml --port "$PORT" >"$OUT/serve.log" 2>&1 &
-SERVE_PID=$!
-trap 'kill -TERM $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null || true' EXIT
-until grep -q "ready on" "$OUT/serve.log"; do
-    kill -0 $SERVE_PID 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }
-    sleep 2
-done
+serve_in_background "$OUT/serve.log" --port "$PORT"
 
 # 2) The goodput rate.
 if [[ -z "${RATE:-}" ]]; then
