@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
-from overfill.serving.config import APP_IMPORT_PATH, KV_SECRET_ENV, ServiceConfig, config_from_dict
+from overfill.serving.config import APP_IMPORT_PATH, KV_SECRET_ENV, ConfigError, ServiceConfig, config_from_dict
 from services import tls_front
 from services.decode.server import DecodeServer
 from services.prefill.server import PrefillServer
@@ -129,21 +130,49 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None,
 
     config = config.with_secret()
     prepare_models(config)  # once here, not in every replica
-    schema = ServeDeploySchema.model_validate(serve_config_of(config, serve_file))
-    if not ray.is_initialized():
+    serve_config = serve_config_of(config, serve_file)
+    schema = ServeDeploySchema.model_validate(serve_config)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        refuse_ports_in_use(config, http_host=serve_config["http_options"]["host"])
         # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
         os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
         # KV demand changes within seconds: replicas report their autoscaling metrics every 2 s, not every 10 s.
         os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
         ray.init(include_dashboard=False, logging_level=logging.WARNING,
                  _metrics_export_port=config.server.metrics_port, **(ray_init_kwargs or {}))
-    # NOTE: what `serve run CONFIG.yaml` does (ray/serve/scripts.py): start the proxies, hand the config over.
-    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-                         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
-    client.deploy_apps(schema, _blocking=False)
-    wait_until_serving(f"127.0.0.1:{config.server.grpc_port}", config.server.app_name)
-    tls_front.start(config.server)  # TLS on server.tls_port when server.tls_cert_file is set
+    try:
+        # NOTE: what `serve run CONFIG.yaml` does (ray/serve/scripts.py): start the proxies, hand the config over.
+        client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                             grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
+        client.deploy_apps(schema, _blocking=False)
+        wait_until_serving(f"127.0.0.1:{config.server.grpc_port}", config.server.app_name)
+        tls_front.start(config.server)  # TLS on server.tls_port when server.tls_cert_file is set
+    except BaseException:
+        # A half-started service must not outlive its failure: the next start_service would find Ray up, skip
+        # ray.init, and Serve would keep the failed proxies and their ports (seen in CI: every later start timed out).
+        if started_ray:
+            stop_service()
+        raise
     return config
+
+
+def refuse_ports_in_use(config: ServiceConfig, http_host: str) -> None:
+    """Raise ConfigError naming the field when a port the service binds is taken: otherwise Serve's proxy retries
+    its bind forever and the service never becomes healthy, with the reason only in the proxy's log."""
+    ports = [("server.grpc_port", "0.0.0.0", config.server.grpc_port),
+             ("server.http_port", http_host, config.server.http_port),
+             ("server.metrics_port", "0.0.0.0", config.server.metrics_port)]
+    if config.server.tls_cert_file:
+        ports.append(("server.tls_port", "0.0.0.0", config.server.tls_port))
+    for name, host, port in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise ConfigError(f"{name} = {port} cannot be bound on {host}: {error.strerror}; "
+                                  f"stop what listens there or choose another port") from None
 
 
 def wait_until_serving(address: str, app_name: str, timeout_s: float = 300.0) -> None:
@@ -169,8 +198,9 @@ def stop_service() -> None:
     import ray
 
     tls_front.stop()
-    serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():  # serve.shutdown() would start a Ray cluster just to find nothing to shut down
+        serve.shutdown()
+        ray.shutdown()
 
 
 def read_serve_file(path: str | Path | None) -> dict | None:

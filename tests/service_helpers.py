@@ -4,6 +4,7 @@ waiting for a condition, and the leak check every service test ends with."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -16,18 +17,40 @@ from tests.tiny import CORPUS, save_tiny
 
 
 _ports_handed_out: set[int] = set()
+_RAY_WORKER_PORTS_END = 20000  # Ray's workers take ports 10002-19999 by default
+_port_picker = random.Random()  # its own: tests that seed the global generator must not pick the same ports
+
+
+def ports_outside_the_ephemeral_range() -> range:
+    """Ports the kernel never hands out for bind(0) or an outgoing connection. Ray binds port 0 for several of its
+    own ports while it starts, and the kernel readily offers a port a test has just freed again: a port picked by
+    binding 0 was taken by Ray before Serve's proxy could bind it (CI: "Failed to bind to address")."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except OSError:  # not Linux: the IANA ephemeral range
+        low, high = 49152, 65535
+    if low - _RAY_WORKER_PORTS_END >= 1000:
+        return range(_RAY_WORKER_PORTS_END, low)
+    if 65535 - high >= 1000:
+        return range(high + 1, 65536)
+    return range(_RAY_WORKER_PORTS_END, 65536)
 
 
 def free_port() -> int:
-    """A free local port that this test process has not handed out before: the OS may offer a port it just freed
-    again, and two settings given the same port make a config invalid (seen: tls_port == another port)."""
+    """A free local port outside the ephemeral range that this test process has not handed out before (two
+    settings given the same port make a config invalid)."""
+    ports = ports_outside_the_ephemeral_range()
     while True:
+        port = _port_picker.randrange(ports.start, ports.stop)
+        if port in _ports_handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ports_handed_out:
-            _ports_handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
 
 
 def build_tiny_models(root: Path) -> tuple[Path, Path]:

@@ -10,7 +10,12 @@ from overfill.client import AsyncOverFillClient, OverFillClient
 from services.app import read_serve_file
 from tests.service_helpers import assert_no_kv_left, build_tiny_models, tiny_service_config, wait_for
 
-pytestmark = pytest.mark.service
+pytestmark = [
+    pytest.mark.service,
+    # Ray checks look_back_period_s against the deprecated metrics_interval_s (10 s), not against the push interval
+    # that replaces it: here replicas push every 1 s, so a 2 s look-back holds two reports.
+    pytest.mark.filterwarnings("ignore:`look_back_period_s`.*must be greater than `metrics_interval_s`:FutureWarning"),
+]
 
 
 @pytest.fixture(scope="module")

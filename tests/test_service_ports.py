@@ -1,0 +1,76 @@
+"""Starting the service: a port it binds that is taken is refused up front, naming its field, before Ray starts; a
+start that fails later shuts down the Ray it started; the tests' own ports never come from the range the kernel hands
+out to Ray's bind(0)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from overfill.serving.config import ConfigError, load_config
+import services.app
+from services.app import refuse_ports_in_use, start_service
+from tests.service_helpers import (build_tiny_models, free_port, ports_outside_the_ephemeral_range,
+                                   tiny_service_config)
+
+
+def config_on_free_ports(*overrides: str):
+    return load_config(None, [f"server.grpc_port={free_port()}", f"server.http_port={free_port()}",
+                              f"server.metrics_port={free_port()}", *overrides])
+
+
+@pytest.mark.parametrize("field", ["server.grpc_port", "server.http_port", "server.metrics_port"])
+def test_a_port_something_listens_on_is_refused_naming_its_field(field):
+    config = config_on_free_ports()
+    taken = getattr(config.server, field.split(".")[1])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", taken))
+        listener.listen()
+        with pytest.raises(ConfigError, match=rf"^{field} = {taken} cannot be bound on [0-9.]+: .*in use"):
+            refuse_ports_in_use(config, http_host="127.0.0.1")
+
+
+def test_the_tls_port_is_checked_only_with_tls_on(tmp_path: Path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        refuse_ports_in_use(config_on_free_ports(f"server.tls_port={taken}"), http_host="127.0.0.1")
+        (tmp_path / "cert.pem").write_text("unused")
+        (tmp_path / "key.pem").write_text("unused")
+        with_tls = config_on_free_ports(f"server.tls_port={taken}", f"server.tls_cert_file={tmp_path / 'cert.pem'}",
+                                        f"server.tls_key_file={tmp_path / 'key.pem'}")
+        with pytest.raises(ConfigError, match=rf"^server.tls_port = {taken} cannot be bound"):
+            refuse_ports_in_use(with_tls, http_host="127.0.0.1")
+
+
+def test_free_ports_pass():
+    refuse_ports_in_use(config_on_free_ports(), http_host="127.0.0.1")
+
+
+def test_test_ports_lie_outside_the_ephemeral_range():
+    ports = ports_outside_the_ephemeral_range()
+    picked = [free_port() for _ in range(50)]
+    assert len(set(picked)) == 50
+    assert all(port in ports and port >= 20000 for port in picked)
+    with socket.socket() as s:  # what Ray's own bind(0) gets
+        s.bind(("127.0.0.1", 0))
+        assert s.getsockname()[1] not in ports
+
+
+@pytest.mark.service
+def test_a_start_that_fails_after_ray_started_leaves_no_ray_behind(tmp_path: Path, monkeypatch):
+    import ray
+
+    def never_serving(address: str, app_name: str) -> None:
+        raise TimeoutError(f"the service at {address} did not become healthy")
+
+    monkeypatch.setattr(services.app, "wait_until_serving", never_serving)
+    config = tiny_service_config(*build_tiny_models(tmp_path))
+    assert not ray.is_initialized()
+    with pytest.raises(TimeoutError, match="did not become healthy"):
+        start_service(config, ray_init_kwargs={"num_cpus": 2})
+    assert not ray.is_initialized()
+    refuse_ports_in_use(config, http_host="127.0.0.1")  # the proxies' ports are free again
