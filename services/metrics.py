@@ -37,6 +37,9 @@ class RouterMetrics:
         self.requests = Counter("overfill_requests", "Finished requests by gRPC status.", tag_keys=("status",))
         self.migrations = Counter("overfill_requests_migrated",
                                   "Requests continued on another decode replica after theirs died mid-stream.")
+        self.decode_admission_retries = Counter(
+            "overfill_decode_admission_retries", "Decode calls made again after a replica refused the request at "
+            "admission (full, or stuck in a step) while another replica could take it.")
         self.auth_rejections = Counter("overfill_auth_rejections", "Requests refused UNAUTHENTICATED, by reason "
                                        "(missing, malformed, invalid API key).", tag_keys=("reason",))
         self.running = _tagged(Gauge("overfill_num_requests_running", "Requests in flight.", tag_keys=("role",)),

@@ -15,7 +15,7 @@ from overfill.pruning import prune_model, select_channels
 from overfill.calibration import estimate_importance
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
-from overfill.serving.types import PrefillRequest, ServiceError
+from overfill.serving.types import AdmissionRefused, PrefillRequest, ServiceError
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
 from tests.tiny import CORPUS, tiny_model, tiny_tokenizer
 
@@ -128,9 +128,9 @@ def test_back_pressure_and_limits_are_immediate_errors(models):
         second = await prefill.prefill(PrefillRequest("b", PROMPTS[1], sampling))
         stream = decode.generate(first, sampling)
         await stream.__anext__()  # holds the only slot
-        with pytest.raises(ServiceError) as error:
+        with pytest.raises(AdmissionRefused) as error:  # the router may ask another decode replica
             await decode.generate(second, sampling).__anext__()
-        assert error.value.code == "RESOURCE_EXHAUSTED"
+        assert error.value.code == "RESOURCE_EXHAUSTED" and "decode replica is full" in error.value.message
         await stream.aclose()
         prefill.sender.release("b")
 
@@ -172,7 +172,7 @@ def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails
 
         waiting = await prefill.prefill(PrefillRequest("next", PROMPTS[1], sampling))
         started = time.monotonic()
-        with pytest.raises(ServiceError) as error:
+        with pytest.raises(AdmissionRefused) as error:
             await decode.generate(waiting, sampling).__anext__()
         assert error.value.code == "UNAVAILABLE" and "'next'" in error.value.message
         assert time.monotonic() - started < 0.1 and sender.num_leases == 1  # its KV waits for another replica

@@ -31,7 +31,7 @@ from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams, sample
 from overfill.serving.faults import FaultPlan
 from overfill.serving.lease_keeper import LeaseKeeper
-from overfill.serving.types import PrefillResult, ServiceError, TokenChunk
+from overfill.serving.types import AdmissionRefused, PrefillResult, ServiceError, TokenChunk
 from overfill.transport.base import KVReceiver, KVTransferError
 from overfill.transport.wire import DTYPE_NAMES, KVLayout
 
@@ -81,6 +81,7 @@ class DecodeWorker:
         self._task: asyncio.Task | None = None
         self._work: asyncio.Event | None = None
         self._num_faulty = 0  # active sequences with a fault plan: only then does a step look for a stall
+        self._refused_by_fault: set[str] = set()  # lease ids refused once by the refuse_admission fault
         self._step_started_at: float | None = None  # monotonic time the running step began; None between steps
         self.num_finished = 0
 
@@ -97,9 +98,13 @@ class DecodeWorker:
                                                      f"({sampling.max_new_tokens}) exceeds {self.settings.max_seq_len}")
         stuck_s = self._stuck_step_s()
         if stuck_s > 0:
-            raise ServiceError("UNAVAILABLE", f"decode replica refused request {prefill.request_id!r}: its model "
-                                              f"thread is held by a step running {stuck_s:.0f} s, past "
-                                              f"decode.max_step_s = {self.settings.max_step_s:g} s")
+            raise AdmissionRefused("UNAVAILABLE", f"decode replica refused request {prefill.request_id!r}: its "
+                                                  f"model thread is held by a step running {stuck_s:.0f} s, past "
+                                                  f"decode.max_step_s = {self.settings.max_step_s:g} s")
+        if faults is not None and faults.refuse_admission and prefill.request_id not in self._refused_by_fault:
+            self._refused_by_fault.add(prefill.request_id)  # chaos: full this once, for this request only
+            raise AdmissionRefused("RESOURCE_EXHAUSTED", f"decode replica refused request {prefill.request_id!r} "
+                                                         f"(fault refuse_admission)")
         self._ensure_running()
         slot = await self._admit(prefill)
         sequence = None
@@ -188,8 +193,8 @@ class DecodeWorker:
     async def _admit(self, prefill: PrefillResult) -> int:
         """A KV slot for the request: at once if one is free, else after waiting for one (its lease renewed)."""
         if self.cache.num_free_slots == 0 and self._num_waiting >= self.settings.max_waiting:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"decode replica is full ({self.settings.num_slots} running, "
-                                                     f"{self._num_waiting} waiting)")
+            raise AdmissionRefused("RESOURCE_EXHAUSTED", f"decode replica is full ({self.settings.num_slots} "
+                                                         f"running, {self._num_waiting} waiting)")
         self._num_waiting += 1
         try:
             if self._free_slots.locked():

@@ -27,6 +27,7 @@ class FaultPlan:
     stall_after_tokens: int = 0               # decode: the step after this request's Nth token on a replica stalls
     stall_step_s: float = 0.0                 # ... for this long, holding the model thread (0: no stall)
     stall_replicas: int = 1                   # how many decode replicas in turn stall it (migrations meet it again)
+    refuse_admission: int = 0                 # decode, 1: each replica refuses the request once, as if full
 
     @classmethod
     def parse(cls, text: str) -> FaultPlan:

@@ -20,6 +20,11 @@ class ServiceError(Exception):
         return f"{self.code}: {self.message}"
 
 
+class AdmissionRefused(ServiceError):
+    """A decode replica refused a request before touching its KV (full, or its model thread stuck in a step): the
+    lease at prefill still holds the KV, so another decode replica may take the same ticket."""
+
+
 @dataclass(frozen=True)
 class PrefillRequest:
     request_id: str

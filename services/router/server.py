@@ -39,6 +39,7 @@ from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
+from services.router.decode_admission import admitted_decode_stream
 from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
@@ -279,17 +280,21 @@ class GenerationRouter:
                 return
 
             # 3) Decode: the decode pool pulls the KV and streams tokens; leaving early cancels it (frees its slot).
-            stream = self.decode.options(stream=True).generate.remote(result, sampling, faults)
-            decode_done = False
+            #    A replica that refuses at admission leaves the lease intact: the pool is asked again.
+            stream, decode_done = None, False
             try:
                 yield head
-                async for chunk in stream:
+                stream, chunk = await admitted_decode_stream(
+                    lambda: self.decode.options(stream=True).generate.remote(result, sampling, faults),
+                    self._decode_replicas, rid, on_retry=self.metrics.decode_admission_retries.inc)
+                while chunk is not None:
                     decode_done = chunk.finish_reason is not None
                     kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
                     response = message(chunk.token_ids, chunk.finish_reason)
                     yield response
                     if response.finish_reason:  # EOS, max_tokens or a stop string
                         return
+                    chunk = await anext(stream, None)
                 raise ServiceError("INTERNAL", f"the decode stream of request {rid} ended without a finish reason")
             except Exception as e:
                 # 4) Migration: the decode replica died (or became unreachable) mid-stream. Its tokens are all here,
@@ -306,8 +311,12 @@ class GenerationRouter:
                 faults = faults.after_migration() if faults is not None else None
             finally:
                 if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
-                    stream.cancel()
+                    if stream is not None:
+                        stream.cancel()
                     await asyncio.shield(self._release(result.ticket))  # no-op if decode already pulled it
+
+    async def _decode_replicas(self) -> int:
+        return (await self.replica_counts.get()).get("decode", 0)
 
     async def _release(self, ticket: KVTicket) -> None:
         """Free a lease decode has not pulled, at the KV service that holds it (the ticket names it; a no-op once

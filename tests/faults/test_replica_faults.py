@@ -142,7 +142,9 @@ def test_a_transfer_delayed_past_its_lease_is_aborted(service):
 
 
 def test_a_decode_step_stalled_past_the_deadline(service):
-    deadline_s = MAX_STEP_S + 1.5
+    # The client's deadline leaves room for the prefill and the first tokens before the stall, which take seconds on
+    # two cores while killed replicas are being replaced (MAX_STEP_S + 1.5 s was seen too short).
+    deadline_s = MAX_STEP_S + 10
     with faulty_client(service, "stall_after_tokens=2,stall_step_s=5.5", timeout_s=deadline_s) as client:
         started = time.monotonic()
         with pytest.raises(OverFillError) as error:
@@ -171,6 +173,23 @@ def test_a_decode_replica_stuck_in_a_step_is_replaced(service):
     wait_pool_restored(app, "decode", service["config"].decode.num_replicas)
     assert_serves_correctly(service)
     assert_no_kv_anywhere(service["config"])
+
+
+def test_a_request_refused_at_admission_is_served_by_asking_the_decode_pool_again(service):
+    """Each decode replica refuses the request once, as if full (`refuse_admission`): the router asks the pool again
+    with the same ticket, its lease intact, until a replica takes it (with two replicas, by the third call)."""
+    config = service["config"]
+
+    def retries() -> float:
+        return sum(metric(scrape(config), "ray_overfill_decode_admission_retries_total").values())
+
+    before = retries()
+    prompt = PROMPTS[1]
+    with faulty_client(service, "refuse_admission=1") as client:
+        reply = client.generate_unary(prompt, max_tokens=12, request_id="refused-once")
+    assert list(reply.token_ids) == in_process(service, prompt_ids(service, prompt), 12)
+    assert wait_for(lambda: retries() - before in (1, 2), 15), retries() - before
+    assert_no_kv_anywhere(config)
 
 
 def test_serve_replaces_every_killed_replica(service):
