@@ -113,6 +113,24 @@ def tiny_service(root: Path, *overrides: str) -> Iterator[dict]:
         stop_service()
 
 
+EIGHT_PROMPTS = [f"{word} is a word" for word in ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel"]]
+
+
+def concurrent_greedy(address: str, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """The token ids the service streams for each prompt, all requests in flight at once."""
+    import asyncio
+
+    from overfill.client import AsyncOverFillClient
+
+    async def run():
+        async with AsyncOverFillClient(address) as client:
+            async def one(prompt):
+                return [t async for piece in client.generate(prompt, max_tokens=max_tokens) for t in piece.token_ids]
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    return asyncio.run(run())
+
+
 def in_process(service: dict, prompt: str | list[int], max_tokens: int) -> list[int]:
     """Greedy OverFill tokens of the in-process engine: what the service must stream for the same prompt."""
     from overfill.engine.sampling import SamplingParams

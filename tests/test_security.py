@@ -198,11 +198,16 @@ class _LocalHandle:
 
 
 class _LocalStream:
+    """Like Ray Serve's DeploymentResponseGenerator: an async iterator with cancel()."""
+
     def __init__(self, generator):
         self.generator = generator
 
     def __aiter__(self):
-        return self.generator
+        return self
+
+    async def __anext__(self):
+        return await self.generator.__anext__()
 
     def cancel(self):
         asyncio.ensure_future(self.generator.aclose())

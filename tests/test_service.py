@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from overfill.client import OverFillClient, OverFillError
 from overfill.engine.sampling import SamplingParams
 from tests.service_helpers import assert_no_kv_left as assert_no_kv_left_in
-from tests.service_helpers import in_process, tiny_service, wait_for
+from tests.service_helpers import EIGHT_PROMPTS, concurrent_greedy, in_process, tiny_service, wait_for
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
@@ -51,18 +51,8 @@ def test_greedy_through_the_service_equals_in_process(service):
 
 
 def test_eight_concurrent_streams_complete_correctly(service):
-    import asyncio
-
-    prompts = [f"{word} is a word" for word in ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel"]]
-
-    async def run():
-        async with AsyncOverFillClient(service["address"]) as client:
-            async def one(prompt):
-                return [t async for piece in client.generate(prompt, max_tokens=24) for t in piece.token_ids]
-            return await asyncio.gather(*(one(p) for p in prompts))
-
-    outputs = asyncio.run(run())
-    assert outputs == [in_process(service, p, 24) for p in prompts]
+    outputs = concurrent_greedy(service["address"], EIGHT_PROMPTS, 24)
+    assert outputs == [in_process(service, p, 24) for p in EIGHT_PROMPTS]
     assert_no_kv_left(service)
 
 

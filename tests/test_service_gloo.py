@@ -3,15 +3,15 @@ process group between the prefill and the decode replica (the CPU twin of the NC
 in-process engine, concurrent streams share one cached group, a prefill replica that dies mid-transfer fails only its
 request, and no KV is left. One cluster for the module (faults enabled for the last test's one request)."""
 
-import asyncio
 import time
 
 import pytest
 
-from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
+from overfill.client import OverFillClient, OverFillError
 from overfill.serving.faults import FAULTS_METADATA_KEY
 from tests.faults.replicas import kill_replica, replica_actors, wait_pool_restored
-from tests.service_helpers import assert_no_kv_left, in_process, pool_stats, tiny_service, wait_for
+from tests.service_helpers import (EIGHT_PROMPTS, assert_no_kv_left, concurrent_greedy, in_process, pool_stats,
+                                   tiny_service, wait_for)
 
 pytestmark = pytest.mark.service
 
@@ -34,19 +34,11 @@ def test_greedy_over_gloo_equals_in_process(service):
 
 
 def test_eight_concurrent_streams_over_one_group(service):
-    prompts = [f"{word} is a word" for word in ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel"]]
     before = pool_stats(service["config"], "decode")
-
-    async def run():
-        async with AsyncOverFillClient(service["address"]) as client:
-            async def one(prompt):
-                return [t async for piece in client.generate(prompt, max_tokens=24) for t in piece.token_ids]
-            return await asyncio.gather(*(one(p) for p in prompts))
-
-    outputs = asyncio.run(run())
-    assert outputs == [in_process(service, p, 24) for p in prompts]
+    outputs = concurrent_greedy(service["address"], EIGHT_PROMPTS, 24)
+    assert outputs == [in_process(service, p, 24) for p in EIGHT_PROMPTS]
     after = pool_stats(service["config"], "decode")
-    assert after["kv_transfers"] - before["kv_transfers"] == len(prompts)
+    assert after["kv_transfers"] - before["kv_transfers"] == len(EIGHT_PROMPTS)
     assert after["kv_groups_opened"] == 1 and after["kv_failed_transfers"] == 0  # the pair's group was reused
     assert_no_kv_left(service["config"])
 
