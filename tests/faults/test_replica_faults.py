@@ -179,6 +179,7 @@ def test_a_request_refused_at_admission_is_served_by_asking_the_decode_pool_agai
     """Each decode replica refuses the request once, as if full (`refuse_admission`): the router asks the pool again
     with the same ticket, its lease intact, until a replica takes it (with two replicas, by the third call)."""
     config = service["config"]
+    wait_pool_restored(service["app"], "decode", config.decode.num_replicas)  # the router asks again only with two
 
     def retries() -> float:
         return sum(metric(scrape(config), "ray_overfill_decode_admission_retries_total").values())
