@@ -3,6 +3,7 @@ waiting for a condition, and the leak check every service test ends with."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import socket
@@ -21,6 +22,7 @@ _RAY_WORKER_PORTS_END = 20000  # Ray's workers take ports 10002-19999 by default
 _port_picker = random.Random()  # its own: tests that seed the global generator must not pick the same ports
 
 
+@functools.cache
 def ports_outside_the_ephemeral_range() -> range:
     """Ports the kernel never hands out for bind(0) or an outgoing connection. Ray binds port 0 for several of its
     own ports while it starts, and the kernel readily offers a port a test has just freed again: a port picked by

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from overfill.serving.types import AdmissionRefused, TokenChunk
+from services.router.error_chain import error_chain
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,7 @@ class AdmissionRetry:
 
 def admission_refusal_of(error: BaseException) -> AdmissionRefused | None:
     """The AdmissionRefused behind an error from the decode pool (Ray wraps a replica's exception as `.cause`)."""
-    for _ in range(5):
-        if error is None or isinstance(error, AdmissionRefused):
-            return error
-        error = getattr(error, "cause", None) or error.__cause__
-    return None
+    return next((e for e in error_chain(error) if isinstance(e, AdmissionRefused)), None)
 
 
 async def admitted_decode_stream(start_stream: Callable[[], object], decode_replicas: Callable[[], Awaitable[int]],

@@ -40,6 +40,7 @@ from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
 from services.router.decode_admission import admitted_decode_stream
+from services.router.error_chain import error_chain
 from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
@@ -58,29 +59,22 @@ def lease_releaser(config: ServiceConfig) -> KVReceiver:
 def replica_lost(error: BaseException) -> bool:
     """Whether Ray says the replica serving a call died or became unreachable (ActorDiedError,
     ActorUnavailableError: both RayActorError), also when wrapped as another error's `.cause`."""
-    for _ in range(5):
-        if error is None or isinstance(error, RayActorError):
-            return error is not None
-        error = getattr(error, "cause", None) or error.__cause__
-    return False
+    return any(isinstance(e, RayActorError) for e in error_chain(error))
 
 
 def service_error_of(error: BaseException) -> ServiceError | None:
     """The ServiceError behind an exception raised in another replica (Ray wraps it as `.cause`), or the status a
     refusal by Ray Serve itself stands for: a pool's handle queue is full (RESOURCE_EXHAUSTED) or the pool failed to
     deploy (UNAVAILABLE)."""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, ServiceError):
-            return error
-        if isinstance(error, BackPressureError):
-            return ServiceError("RESOURCE_EXHAUSTED", f"a pool's queue is full: {error.message}")
-        if isinstance(error, DeploymentUnavailableError):
-            return ServiceError("UNAVAILABLE", error.message)
-        if isinstance(error, RayActorError):
+    for inner in error_chain(error):
+        if isinstance(inner, ServiceError):
+            return inner
+        if isinstance(inner, BackPressureError):
+            return ServiceError("RESOURCE_EXHAUSTED", f"a pool's queue is full: {inner.message}")
+        if isinstance(inner, DeploymentUnavailableError):
+            return ServiceError("UNAVAILABLE", inner.message)
+        if isinstance(inner, RayActorError):
             return ServiceError("UNAVAILABLE", "a replica serving the request died or became unreachable")
-        error = getattr(error, "cause", None) or error.__cause__
-        seen += 1
     return None
 
 
