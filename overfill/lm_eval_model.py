@@ -18,7 +18,7 @@ Model args (`--model_args key=value,...`):
                    device asked for on a machine without one, as lm-eval's default cuda:0, falls back to cpu)
     seed           sampled generations: request i of a call draws with seed + i (greedy ignores it)
 
-What each request means in mode overfill (DESIGN §2):
+What each request means in mode overfill (the two-stage path of docs/architecture.md):
     generate_until         OverFill generation itself (`TwoStageEngine`): the full model prefills the context and
                            picks the first token, the decoder continues on the full model's KV. A row stops at EOS,
                            at max_gen_toks, or as soon as its text contains one of the task's `until` strings; the
@@ -46,8 +46,8 @@ from tqdm import tqdm
 from overfill.engine.generate import Mode
 from overfill.engine.kv_cache import KVCache
 from overfill.engine.loader import default_decoder_arg, load_engine
-from overfill.engine.runner import ModelRunner
-from overfill.engine.sampling import SamplingParams
+from overfill.engine.sampling_params import SamplingParams
+from overfill.engine.step import ModelStep, right_pad
 
 try:
     import lm_eval.models  # noqa: F401  the built-in models first: get_model() adds them only to an empty registry
@@ -209,16 +209,14 @@ class OverFillLM(TemplateLM):
     def _score_batch(self, batch: list[ScoreRequest]) -> list[tuple[float, bool]]:
         prefill_runner, score_runner = self.engine.runners(self.mode)
         cache = self.engine.new_cache(len(batch), max(len(r.context) + len(r.continuation) - 1 for r in batch))
+        prefill, scorer = ModelStep(prefill_runner, cache), ModelStep(score_runner, cache)
         slots = cache.allocate(len(batch))
         logprobs = [0.0] * len(batch)
         greedy = [True] * len(batch)
 
         def add(rows: list[int], logits: torch.Tensor, targets: list[list[int]]) -> None:
             """logits [R, T, V] at each row's first len(targets[r]) positions score targets[r]."""
-            target_ids = _right_pad(targets, self.engine.device)                          # [R, T]
-            valid = target_ids.new_zeros(target_ids.shape, dtype=torch.bool)              # [R, T]
-            for r, t in enumerate(targets):
-                valid[r, :len(t)] = True
+            target_ids, valid = right_pad(targets, self.engine.device)                    # [R, T] each
             token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target_ids[..., None])[..., 0]  # [R, T]
             sums = (token_logprobs.double() * valid).sum(dim=1).tolist()                 # [R]
             hits = ((logits.argmax(dim=-1) == target_ids) | ~valid).all(dim=1).tolist()  # [R]
@@ -228,9 +226,7 @@ class OverFillLM(TemplateLM):
 
         try:
             # 1) Prefill every context (right padded); its last-token logits score continuation token 0.
-            contexts = [r.context for r in batch]
-            logits = prefill_runner.forward(cache, slots, _right_pad(contexts, self.engine.device),
-                                            num_new=[len(c) for c in contexts])          # [B, V]
+            logits = prefill.extend(slots, [r.context for r in batch])                    # [B, V]
             add(list(range(len(batch))), logits[:, None], [r.continuation[:1] for r in batch])
 
             # 2) Teacher forcing on the same KV: input continuation[j] scores continuation[j + 1], in chunks that
@@ -240,10 +236,9 @@ class OverFillLM(TemplateLM):
             for begin in range(0, max(len(i) for i in inputs), chunk):
                 rows = [b for b, i in enumerate(inputs) if len(i) > begin]
                 pieces = [inputs[b][begin:begin + chunk] for b in rows]
-                row_slots, num_new = [slots[b] for b in rows], [len(p) for p in pieces]
-                logits = score_runner.forward(cache, row_slots, _right_pad(pieces, self.engine.device),
-                                              num_new=num_new, all_logits=True)             # [R, T, V]
-                add(rows, logits, [batch[b].continuation[begin + 1:begin + 1 + n] for b, n in zip(rows, num_new)])
+                row_slots = [slots[b] for b in rows]
+                logits = scorer.extend(row_slots, pieces, all_logits=True)                  # [R, T, V]
+                add(rows, logits, [batch[b].continuation[begin + 1:begin + 1 + len(p)] for b, p in zip(rows, pieces)])
                 if self.refresh_every:
                     self._refresh(cache, row_slots, pieces)
         finally:
@@ -252,10 +247,9 @@ class OverFillLM(TemplateLM):
 
     def _refresh(self, cache: KVCache, slots: list[int], pieces: list[list[int]]) -> None:
         """The full model rewrites the KV the decoder just wrote for `pieces` (as `TwoStageEngine` refreshes)."""
-        full: ModelRunner = self.engine.full
         for slot, piece in zip(slots, pieces):
             cache.lengths[slot] -= len(piece)
-        full.forward(cache, slots, _right_pad(pieces, self.engine.device), num_new=[len(p) for p in pieces])
+        ModelStep(self.engine.full, cache).extend(slots, pieces)
 
     # ---- generate_until -------------------------------------------------------------------------------------------
 
@@ -312,14 +306,6 @@ class OverFillLM(TemplateLM):
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------------
-
-
-def _right_pad(rows: list[list[int]], device) -> torch.Tensor:
-    """Token lists -> [B, T] long tensor, right padded with 0 (padding is never attended nor scored)."""
-    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids.to(device)
 
 
 def _cut_at_stop(text: str, until: list[str]) -> int | None:

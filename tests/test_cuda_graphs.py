@@ -129,6 +129,6 @@ def test_graph_decode_equals_eager_decode_on_cuda():
     expected = [o.token_ids for o in eager.generate(prompts, params, "full")]
     for _ in range(2):  # the second run replays the graphs the first one captured
         assert [o.token_ids for o in graphs.generate(prompts, params, "full", cache=cache)] == expected
-    decoder = graphs._graphs[id(runner)]
+    decoder = graphs.model_step(runner, cache).graphs
     assert decoder.num_graph_steps > 0 and decoder.num_eager_steps == 0
     assert all(static.graph is not None for static in decoder._steps.values())

@@ -1,14 +1,10 @@
-"""Request bytes protobuf refuses become an UnparsableRequest naming the field (INVALID_ARGUMENT, not UNKNOWN), and
-values at the edge of what validation accepts do not break sampling."""
-
-import math
+"""Request bytes protobuf refuses become an UnparsableRequest naming the field (INVALID_ARGUMENT, not UNKNOWN).
+(Values at the edge of what validation accepts, such as tiny temperatures, are sampled in tests/test_sampling.py.)"""
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overfill.engine.sampling import SamplingParams, sample
 from overfill.request_parsing import UnparsableRequest, lenient_parser
 from overfill.serving.types import ServiceError
 from overfill.serving.validation import Limits, validate_request
@@ -76,23 +72,6 @@ def test_validate_request_refuses_unparsable_requests_as_invalid_argument():
     with pytest.raises(ServiceError) as error:
         validate_request(UnparsableRequest("overfill.v1.GenerateRequest", "stop[0] is not valid UTF-8"), None, limits)
     assert (error.value.code, error.value.message) == ("INVALID_ARGUMENT", "stop[0] is not valid UTF-8")
-
-
-@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 1e-38, 1e-30])
-def test_tiny_temperatures_sample_the_argmax_instead_of_failing_the_batch(temperature):
-    """A float32 temperature just above 0 passes validation; dividing logits by it once made inf - inf = NaN
-    probabilities and torch.multinomial failed the whole prefill or decode batch."""
-    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 20  # [B, V]
-    params = [SamplingParams(temperature=temperature), SamplingParams(), SamplingParams(temperature=0.7, top_p=1e-45)]
-    tokens = sample(logits, params, [torch.Generator().manual_seed(i) for i in range(3)])
-    assert tokens == logits.argmax(-1).tolist()
-
-
-def test_ordinary_temperatures_still_sample_their_distribution():
-    logits = torch.tensor([0.0, math.log(3.0)])  # p = [0.25, 0.75] at temperature 1
-    generator = torch.Generator().manual_seed(0)
-    draws = [sample(logits[None], [SamplingParams(temperature=1.0)], [generator])[0] for _ in range(4000)]
-    assert abs(sum(draws) / len(draws) - 0.75) < 0.03
 
 
 def test_the_ingress_registers_every_rpc_of_the_generation_service_leniently():

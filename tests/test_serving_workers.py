@@ -59,7 +59,7 @@ def test_workers_match_in_process_generation_with_continuous_batching(models):
     prefill, decode, sender = make_workers(models, num_slots=3)  # fewer slots than requests: some wait for a slot
     batch_sizes = []
     original_step = decode._step
-    decode._step = lambda batch: batch_sizes.append(len(batch)) or original_step(batch)
+    decode._step = lambda plan: batch_sizes.append(len(plan.decode)) or original_step(plan)
     params = [SamplingParams(max_new_tokens=n) for n in (12, 5, 9, 16, 3, 7)]
     seeded = SamplingParams(temperature=0.9, top_p=0.8, seed=11, max_new_tokens=10)
 
@@ -134,11 +134,13 @@ def test_back_pressure_and_limits_are_immediate_errors(models):
         await stream.aclose()
         prefill.sender.release("b")
 
+        # 4 staging slots (max_batch_size) + 2 waiting (max_queued_requests) are admitted; the rest are refused.
         queued = [asyncio.create_task(prefill.prefill(PrefillRequest(f"x{i}", PROMPTS[0], SamplingParams())))
-                  for i in range(5)]
+                  for i in range(8)]
         results = await asyncio.gather(*queued, return_exceptions=True)
         refused = [r for r in results if isinstance(r, ServiceError)]
-        assert refused and all(r.code == "RESOURCE_EXHAUSTED" for r in refused)
+        assert len(refused) == 2 and all(r.code == "RESOURCE_EXHAUSTED" for r in refused)
+        assert "prefill queue is full (6 requests waiting)" in refused[0].message
         for r in results:
             if not isinstance(r, Exception):
                 prefill.sender.release(r.request_id)
@@ -159,7 +161,7 @@ def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails
                           DecodeSettings(num_slots=2, max_seq_len=128, max_step_s=0.3, unhealthy_step_s=0.8))
     device_back = threading.Event()
     original_step = decode._step
-    decode._step = lambda batch: device_back.wait() and original_step(batch)
+    decode._step = lambda plan: device_back.wait() and original_step(plan)
     sampling = SamplingParams(max_new_tokens=8)
 
     async def run():

@@ -56,7 +56,7 @@ def kv_buckets(max_seq_len: int, smallest: int = MIN_KV_BUCKET) -> tuple[int, ..
 
 
 @dataclass(frozen=True)
-class StepPlan:
+class PaddedStep:
     """One decode step laid out for a graph: every list has `batch` entries, the first `num_rows` real."""
 
     batch: int
@@ -69,7 +69,7 @@ class StepPlan:
 
 
 def plan_step(tokens: list[int], slots: list[int], lengths: list[int], max_seq_len: int,
-              batch_sizes: tuple[int, ...], kv_sizes: tuple[int, ...]) -> StepPlan | None:
+              batch_sizes: tuple[int, ...], kv_sizes: tuple[int, ...]) -> PaddedStep | None:
     """Pad a decode step (row r: last token tokens[r], slot slots[r] holding lengths[r] positions) to its buckets;
     None when it fits none (then the step runs eagerly)."""
     if any(length >= max_seq_len for length in lengths):
@@ -90,7 +90,7 @@ def plan_step(tokens: list[int], slots: list[int], lengths: list[int], max_seq_l
         slots = slots + [slots[donor]] * pad
         positions = positions + [max_seq_len - 1] * pad
         ends = ends + [1] * pad
-    return StepPlan(batch, kv_len, num_rows, list(tokens), list(slots), positions, ends)
+    return PaddedStep(batch, kv_len, num_rows, list(tokens), list(slots), positions, ends)
 
 
 class _StaticStep:
@@ -105,7 +105,7 @@ class _StaticStep:
         self.logits = torch.zeros(batch, vocab_size, dtype=torch.float32, device=device)          # [B, V]
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def load(self, plan: StepPlan) -> None:
+    def load(self, plan: PaddedStep) -> None:
         """Copy a plan into the buffers (one host-to-device copy of all four)."""
         rows = torch.tensor([plan.input_ids, plan.slots, plan.positions, plan.ends], dtype=torch.long)  # [4, B]
         rows = rows.to(self.slot_index.device, non_blocking=True)

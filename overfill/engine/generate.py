@@ -1,9 +1,12 @@
 """Two-stage generation in process: prefill with one model, decode with another, on one KV cache.
 
-Modes (DESIGN §2):
+Modes:
     overfill  the full model prefills and samples the first token; the decoder continues on the full model's KV
     full      the full model does both stages (the quality reference)
     pruned    the decoder does both stages (the baseline OverFill must beat)
+
+The loop is the service's, in one process: a `Scheduler` plans each step and `step.run` executes it (the prefill
+rows on the prefill model, the decode rows on the decode model, one sample for all).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from enum import Enum
 
 import torch
 
-from overfill.engine.cuda_graphs import GraphDecoder
-from overfill.engine.kv_cache import CacheSpec, KVCache
+from overfill.engine.kv_cache import CacheFullError, CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
-from overfill.engine.sampling import SamplingParams, sample
+from overfill.engine.sampling_params import SamplingParams
+from overfill.engine.scheduler import Request, Scheduler, SchedulerConfig, State
+from overfill.engine.step import ModelStep, right_pad, run
 from overfill.geometry import check_same_geometry
+from overfill.status import FinishReason, StatusCode
 
 
 class Mode(str, Enum):
@@ -32,12 +37,15 @@ class Mode(str, Enum):
 class GenerationOutput:
     token_ids: list[int]
     prompt_tokens: int
-    finish_reason: str   # "stop" (an EOS token, included in token_ids, or the callback said stop) or "length"
+    finish_reason: FinishReason | None  # STOP (an EOS token, included in token_ids, or the callback said stop) or
+    #                                     LENGTH; None when the row failed (`status`)
     ttft_s: float        # request start -> first token sampled
     tpot_s: float | None  # (last token time - first token time) / (tokens - 1); None for a single token
+    status: StatusCode | None = None  # INTERNAL when the model's logits for this row were not finite
+    message: str = ""
 
 
-# (row, token_id), called as each token is sampled; returning True ends that row there (finish_reason "stop"),
+# (row, token_id), called as each token is sampled; returning True ends that row there (finish_reason STOP),
 # e.g. when its text reached a stop string.
 TokenCallback = Callable[[int, int], bool | None]
 
@@ -58,7 +66,7 @@ class TwoStageEngine:
         reference = full or decoder
         self.geometry, self.dtype, self.device = reference.geometry, reference.dtype, reference.device
         self.cuda_graphs = cuda_graphs and torch.device(self.device).type == "cuda"
-        self._graphs: dict[int, GraphDecoder] = {}  # id(decode runner) -> its graphs over the last cache used
+        self._decode_steps: dict[int, ModelStep] = {}  # id(decode runner) -> its step over the last cache used
 
     def runners(self, mode: Mode | str) -> tuple[ModelRunner, ModelRunner]:
         """(prefill runner, decode runner) for a mode, or a ValueError naming what is missing."""
@@ -92,79 +100,88 @@ class TwoStageEngine:
                 raise ValueError(f"prompt {index} is empty")
         max_seq_len = max(len(p) + sp.max_new_tokens for p, sp in zip(prompts, params))
         cache = cache or self.new_cache(len(prompts), max_seq_len)
-        slots = cache.allocate(len(prompts))
+        if refresh_every and cache.num_free_slots < len(prompts):
+            raise ValueError("refresh_every needs a KV slot free for every prompt (rows refresh in lockstep)")
+        decode_step = self.model_step(decode_runner, cache)
+        prefill_step = decode_step if prefill_runner is decode_runner else ModelStep(prefill_runner, cache)
+        scheduler = Scheduler(SchedulerConfig(eos_token_ids=frozenset(self.eos_token_ids)), cache.pool)
         try:
-            return self._generate(prefill_runner, decode_runner, cache, slots, prompts, params, on_token, refresh_every)
+            return self._generate(scheduler, prefill_step, decode_step, prompts, params, on_token, refresh_every)
         finally:
-            cache.free(slots)
+            scheduler.clear()
 
-    def _generate(self, prefill_runner: ModelRunner, decode_runner: ModelRunner, cache: KVCache, slots: list[int],
-                  prompts: list[list[int]], params: list[SamplingParams],
-                  on_token: TokenCallback | None, refresh_every: int) -> list[GenerationOutput]:
+    def model_step(self, runner: ModelRunner, cache: KVCache) -> ModelStep:
+        """The decode `ModelStep` of `runner` over `cache`, kept between calls so that its CUDA graphs are reused."""
+        step = self._decode_steps.get(id(runner))
+        if step is None or step.cache is not cache:
+            step = self._decode_steps[id(runner)] = ModelStep(runner, cache, self.cuda_graphs)
+        return step
+
+    def _generate(self, scheduler: Scheduler, prefill_step: ModelStep, decode_step: ModelStep,
+                  prompts: list[list[int]], params: list[SamplingParams], on_token: TokenCallback | None,
+                  refresh_every: int) -> list[GenerationOutput]:
         start = time.perf_counter()
-        generators = [p.make_generator(self.device) for p in params]
+        num_rows = len(prompts)
+        for row, (prompt, p) in enumerate(zip(prompts, params)):
+            scheduler.add(Request.to_prefill(str(row), prompt, p, p.resolved_seed()))
         outputs: list[list[int]] = [[] for _ in prompts]
-        finish: list[str | None] = [None] * len(prompts)
-        last_time = [0.0] * len(prompts)
+        finish: list[FinishReason | None] = [None] * num_rows
+        failure: list[tuple[StatusCode, str] | None] = [None] * num_rows
+        first_time, last_time = [0.0] * num_rows, [0.0] * num_rows
+        slots: dict[int, int] = {}
+        num_decode_steps = 0
 
-        def accept(row: int, token: int) -> None:
-            outputs[row].append(token)
-            last_time[row] = time.perf_counter()
-            stop_here = on_token(row, token) if on_token is not None else False
-            if token in self.eos_token_ids or stop_here:
-                finish[row] = "stop"
-            elif len(outputs[row]) >= params[row].max_new_tokens:
-                finish[row] = "length"
-
-        # 1) Prefill every prompt in one right-padded batch and sample the first tokens.
-        lengths = [len(p) for p in prompts]
-        input_ids = torch.zeros(len(prompts), max(lengths), dtype=torch.long)  # [B, T], padding id 0 never attended
-        for row, prompt in enumerate(prompts):
-            input_ids[row, :len(prompt)] = torch.tensor(prompt)
-        logits = prefill_runner.forward(cache, slots, input_ids.to(self.device), num_new=lengths)  # [B, V]
-        for row, token in enumerate(sample(logits, params, generators)):
-            accept(row, token)
-        first_time = list(last_time)
-
-        # 2) Decode the rows still running, one token each per step, until EOS or max_new_tokens.
-        active = [row for row in range(len(prompts)) if finish[row] is None]
-        num_steps = 0
-        while active:
-            logits = self._decode_step(decode_runner, cache, [slots[row] for row in active],
-                                       [outputs[row][-1] for row in active])  # [A, V]
-            tokens = sample(logits, [params[row] for row in active], [generators[row] for row in active])
-            for row, token in zip(active, tokens):
-                accept(row, token)
-            active = [row for row in active if finish[row] is None]
-            num_steps += 1
-            if refresh_every and active and num_steps % refresh_every == 0:
-                self._refresh(cache, [slots[row] for row in active], [outputs[row] for row in active], refresh_every)
+        while True:
+            # 1) Plan: the first step prefills every prompt (one right-padded batch, when the cache has the slots);
+            #    each later step decodes one token of every row still running.
+            plan = scheduler.schedule()
+            if not plan.rows:
+                if scheduler.has_requests:
+                    raise CacheFullError(f"no free KV slot for {scheduler.num_waiting} waiting prompt(s)")
+                break
+            slots.update((int(r.request_id), r.slot) for r in plan.prefill)
+            # 2) Run it and sample; the callback may end a row at its token (a stop string).
+            sampled = run(plan, prefill_step, decode_step)
+            now = time.perf_counter()
+            stopped = set()
+            if on_token is not None:
+                stopped = {r.request_id for r, token in zip(plan.rows, sampled)
+                           if token is not None and on_token(int(r.request_id), token)}
+            # 3) Account for the tokens: finish reasons, failures.
+            for event in scheduler.update(plan, sampled, stopped):
+                row = int(event.request_id)
+                if event.status is not None:
+                    failure[row] = (event.status, event.message)
+                    continue
+                if not outputs[row]:
+                    first_time[row] = now
+                outputs[row].append(event.token_id)
+                last_time[row] = now
+                finish[row] = event.finish_reason
+            if plan.decode:
+                num_decode_steps += 1
+                running = [row for row in range(num_rows) if scheduler.state_of(str(row)) is State.RUNNING]
+                if refresh_every and running and num_decode_steps % refresh_every == 0:
+                    self._refresh(decode_step.cache, [slots[row] for row in running],
+                                  [outputs[row] for row in running], refresh_every)
 
         return [
             GenerationOutput(
                 token_ids=outputs[row],
-                prompt_tokens=lengths[row],
+                prompt_tokens=len(prompts[row]),
                 finish_reason=finish[row],
-                ttft_s=first_time[row] - start,
+                ttft_s=first_time[row] - start if outputs[row] else time.perf_counter() - start,
                 tpot_s=(last_time[row] - first_time[row]) / (len(outputs[row]) - 1) if len(outputs[row]) > 1 else None,
+                status=failure[row][0] if failure[row] else None,
+                message=failure[row][1] if failure[row] else "",
             )
-            for row in range(len(prompts))
+            for row in range(num_rows)
         ]
-
-    def _decode_step(self, runner: ModelRunner, cache: KVCache, slots: list[int], tokens: list[int]) -> torch.Tensor:
-        """One token per row: a CUDA-graph replay when enabled, else the eager forward. Returns logits [A, V]."""
-        if not self.cuda_graphs:
-            step_ids = torch.tensor([[token] for token in tokens], device=self.device)  # [A, 1]
-            return runner.forward(cache, slots, step_ids)
-        graphs = self._graphs.get(id(runner))
-        if graphs is None or graphs.cache is not cache:
-            graphs = self._graphs[id(runner)] = GraphDecoder(runner, cache)
-        return graphs.step(slots, tokens)
 
     def _refresh(self, cache: KVCache, slots: list[int], outputs: list[list[int]], num: int) -> None:
         """The full model rewrites the KV of the last `num` tokens in the cache (all rows decoded in lockstep, so each
         has the same `num` decoder-written positions at its end; the newest token is not in the cache yet)."""
-        tokens = torch.tensor([out[-num - 1:-1] for out in outputs], device=self.device)  # [A, num]
+        tokens, _ = right_pad([out[-num - 1:-1] for out in outputs], self.device)  # [A, num]
         for slot in slots:
             cache.lengths[slot] -= num
         self.full.forward(cache, slots, tokens)

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from overfill.engine.slots import CacheFullError, SlotPool
 from overfill.geometry import KVGeometry
 
-
-class CacheFullError(RuntimeError):
-    """No free slot, or a sequence would grow past `max_seq_len`."""
+__all__ = ["CacheFullError", "CacheSpec", "KVCache"]
 
 
 @dataclass(frozen=True)
@@ -45,49 +44,40 @@ class CacheSpec:
 
 
 class KVCache:
-    """Slot-based KV storage with per-slot lengths. Not thread-safe: one engine owns it."""
+    """Slot-based KV storage with per-slot lengths. Not thread-safe: one engine owns it. Its accounting (free slots,
+    lengths) is `pool`, a `SlotPool`, which a scheduler may drive directly."""
 
     def __init__(self, spec: CacheSpec):
         self.spec = spec
         shape = (spec.num_layers, spec.num_slots, spec.num_kv_heads, spec.max_seq_len, spec.head_dim)
         self.k = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
         self.v = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
-        self.lengths = [0] * spec.num_slots  # valid positions per slot (Python ints: read on the host every step)
-        self._free = list(range(spec.num_slots))  # kept sorted ascending; lowest slots first
+        self.pool = SlotPool(spec.num_slots, spec.max_seq_len)
 
-    # ---- slot accounting --------------------------------------------------------------------------------------
+    # ---- slot accounting (the pool's) -------------------------------------------------------------------------
+
+    @property
+    def lengths(self) -> list[int]:
+        """Valid positions per slot (Python ints: read on the host every step)."""
+        return self.pool.lengths
 
     @property
     def num_free_slots(self) -> int:
-        return len(self._free)
+        return self.pool.num_free
 
     @property
     def num_used_slots(self) -> int:
-        return self.spec.num_slots - len(self._free)
+        return self.pool.num_used
 
     def allocate(self, num: int) -> list[int]:
-        if num > len(self._free):
-            raise CacheFullError(f"asked for {num} KV slots, {len(self._free)} free of {self.spec.num_slots}")
-        slots, self._free = self._free[:num], self._free[num:]
-        for slot in slots:
-            self.lengths[slot] = 0
-        return slots
+        return self.pool.allocate(num)
 
     def free(self, slots: list[int]) -> None:
-        for slot in slots:
-            if slot in self._free:
-                raise ValueError(f"KV slot {slot} freed twice")
-            self.lengths[slot] = 0
-        self._free = sorted(self._free + list(slots))
+        self.pool.free(slots)
 
     def reserve(self, slot: int, num_new: int) -> int:
         """Check that `num_new` more tokens fit in `slot`; returns the position the first of them gets."""
-        start = self.lengths[slot]
-        if start + num_new > self.spec.max_seq_len:
-            raise CacheFullError(
-                f"sequence in slot {slot} would reach {start + num_new} tokens; max_seq_len is {self.spec.max_seq_len}"
-            )
-        return start
+        return self.pool.reserve(slot, num_new)
 
     # ---- per-layer reads and writes (the hot path) ------------------------------------------------------------
 
@@ -118,8 +108,7 @@ class KVCache:
         return self.k[layer, selector, :, :length], self.v[layer, selector, :, :length]
 
     def advance(self, slots: list[int], num_new: list[int]) -> None:
-        for slot, n in zip(slots, num_new):
-            self.lengths[slot] += n
+        self.pool.advance(slots, num_new)
 
     # ---- whole-sequence export / import (KV transfer between processes) ---------------------------------------
 
@@ -131,7 +120,8 @@ class KVCache:
     def import_slot(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Fill an allocated slot with KV from elsewhere: k, v each [L, H, length, D]."""
         n = k.shape[2]
-        self.reserve(slot, n)
+        if n > self.spec.max_seq_len:
+            raise CacheFullError(f"imported KV has {n} tokens; max_seq_len is {self.spec.max_seq_len}")
         self.k[:, slot, :, :n] = k
         self.v[:, slot, :, :n] = v
         self.lengths[slot] = n

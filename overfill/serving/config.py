@@ -45,7 +45,8 @@ class PoolResources:
 class PrefillPoolConfig(PoolResources):
     max_batch_tokens: int = 4096          # prompt tokens per prefill batch
     max_batch_size: int = 8               # prompts per prefill batch
-    max_queued_requests: int = 256        # beyond this: RESOURCE_EXHAUSTED
+    max_queued_requests: int = 256        # requests waiting beyond the next batch's free slots; beyond:
+                                          # RESOURCE_EXHAUSTED
     max_queued_tokens: int = 32768        # prompt tokens waiting for a batch (bounds TTFT); beyond: RESOURCE_EXHAUSTED
     max_leased_tokens: int = 65536        # prompt tokens whose KV this replica holds or will hold (queued, running,
                                           # leased until pulled): its KV memory bound; beyond: RESOURCE_EXHAUSTED

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from overfill.serving.types import ServiceError
+from overfill.status import StatusCode
 
 FAULTS_METADATA_KEY = "x-overfill-faults"
 
@@ -70,4 +71,4 @@ def plan_from_metadata(metadata: list[tuple[str, str]], enabled: bool) -> FaultP
 
 
 def _invalid(message: str) -> ServiceError:
-    return ServiceError("INVALID_ARGUMENT", f"{FAULTS_METADATA_KEY}: {message}")
+    return ServiceError(StatusCode.INVALID_ARGUMENT, f"{FAULTS_METADATA_KEY}: {message}")

@@ -25,6 +25,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from overfill.serving.types import ServiceError
+from overfill.status import StatusCode
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ class LeaseKeeper:
                 self.num_lost += 1
                 if not kept.lost.done():
                     kept.lost.set_result(ServiceError(
-                        "ABORTED", f"the KV of request {kept.ticket.request_id!r} was no longer leased while it "
-                                   f"waited for a decode slot (lease expired or released at {address})"))
+                        StatusCode.ABORTED, f"the KV of request {kept.ticket.request_id!r} was no longer leased while "
+                                            f"it waited for a decode slot (lease expired or released at {address})"))
             else:
                 kept.due = started + renewal.ttl_s / 3  # the lease lives until at least started + ttl_s
                 kept.num_renewals += 1

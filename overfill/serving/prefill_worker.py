@@ -3,9 +3,11 @@ and lease each request's KV to the decode pool. No Ray here; `services/prefill` 
 
 Requests wait in a queue bounded in requests and in prompt tokens, and the KV the replica holds or will hold
 (queued, running and leased prompts) has a token budget; over any bound: RESOURCE_EXHAUSTED at once, so a burst never
-grows memory or waiting time without bound. One background task forms batches:
-up to `max_batch_tokens` prompt tokens and `max_batch_size` prompts, always at least one prompt. The model runs on a
-single worker thread so the event loop keeps accepting requests (and the KV service keeps serving pulls) meanwhile.
+grows memory or waiting time without bound. A `Scheduler` (engine/scheduler.py) forms the batches: up to
+`max_batch_tokens` prompt tokens and `max_batch_size` prompts (the staging cache's slots), always at least one
+prompt. Every request hands off after its first token (`remote_decode`). The model runs on a single worker thread
+so the event loop keeps accepting requests (and the KV service keeps serving pulls) meanwhile; the scheduler lives
+on the event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,8 +22,10 @@ import torch
 
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
-from overfill.engine.sampling import sample
+from overfill.engine.scheduler import Event, QueueFull, Request, Scheduler, SchedulerConfig, StepPlan
+from overfill.engine.step import ModelStep, run
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
+from overfill.status import StatusCode
 from overfill.transport.base import KVSender
 
 log = logging.getLogger(__name__)
@@ -33,16 +36,28 @@ class PrefillSettings:
     max_seq_len: int = 2048          # the most prompt + generated tokens one request may use
     max_batch_tokens: int = 4096     # prompt tokens per prefill batch
     max_batch_size: int = 16         # prompts per prefill batch (KV slots of the staging cache)
-    max_queued_requests: int = 256   # waiting requests; more are refused with RESOURCE_EXHAUSTED
+    max_queued_requests: int = 256   # requests waiting beyond the free staging slots; more are refused
     max_queued_tokens: int = 32768   # prompt tokens waiting; more are refused with RESOURCE_EXHAUSTED
     max_leased_tokens: int = 65536   # prompt tokens queued + running + leased (this replica's KV); likewise
 
 
 @dataclass
-class _Pending:
-    request: PrefillRequest
+class _Waiter:
+    """A caller waiting for its ticket."""
+
     future: asyncio.Future
+    num_prompt_tokens: int
+    seed: int
     enqueued_at: float
+
+
+@dataclass
+class _Prefilled:
+    """What the model thread hands back for one row: its first token (None: non-finite logits) and a copy of its KV."""
+
+    token: int | None
+    k: torch.Tensor  # [L, H, T, D]
+    v: torch.Tensor  # [L, H, T, D]
 
 
 class PrefillWorker:
@@ -50,7 +65,12 @@ class PrefillWorker:
         self.runner, self.sender, self.eos_token_ids, self.settings = runner, sender, set(eos_token_ids), settings
         self.cache = KVCache(CacheSpec.for_geometry(runner.geometry, settings.max_batch_size, settings.max_seq_len,
                                                     runner.dtype, runner.device))
-        self._queue: deque[_Pending] = deque()
+        self.step = ModelStep(runner, self.cache)
+        self.scheduler = Scheduler(SchedulerConfig(eos_token_ids=frozenset(eos_token_ids),
+                                                   max_prefill_tokens=settings.max_batch_tokens,
+                                                   max_waiting=settings.max_queued_requests,
+                                                   max_waiting_tokens=settings.max_queued_tokens), self.cache.pool)
+        self._waiters: dict[str, _Waiter] = {}  # request id -> its caller, until its ticket or error
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefill-model")
@@ -62,46 +82,45 @@ class PrefillWorker:
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         """Queue one prompt and wait for its ticket. Cancelling the caller drops it from the queue or frees its KV."""
-        if len(request.prompt_ids) + 1 > self.settings.max_seq_len:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"prompt has {len(request.prompt_ids)} tokens; the context holds "
-                                                     f"{self.settings.max_seq_len} with the generated ones")
-        if len(self._queue) >= self.settings.max_queued_requests:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"prefill queue is full ({self.settings.max_queued_requests} "
-                                                     "requests waiting)")
-        num_tokens, queued = len(request.prompt_ids), self._queued_tokens()
-        if queued + num_tokens > self.settings.max_queued_tokens:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"prefill queue is full ({queued} prompt tokens waiting, "
-                                                     f"{num_tokens} more exceed {self.settings.max_queued_tokens})")
-        held = queued + self._running_tokens + self.sender.leases.num_tokens
+        num_tokens = len(request.prompt_ids)
+        if num_tokens + 1 > self.settings.max_seq_len:
+            raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"prompt has {num_tokens} tokens; the context holds "
+                                                              f"{self.settings.max_seq_len} with the generated ones")
+        held = self.scheduler.num_waiting_tokens + self._running_tokens + self.sender.leases.num_tokens
         if held + num_tokens > self.settings.max_leased_tokens:
-            raise ServiceError("RESOURCE_EXHAUSTED", f"prefill KV budget is spent ({held} prompt tokens queued, "
-                                                     f"running or leased, {num_tokens} more exceed "
-                                                     f"{self.settings.max_leased_tokens})")
+            raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"prefill KV budget is spent ({held} prompt tokens "
+                                                              f"queued, running or leased, {num_tokens} more exceed "
+                                                              f"{self.settings.max_leased_tokens})")
+        rid, seed = request.request_id, request.sampling.resolved_seed()
+        try:
+            self.scheduler.add(Request.to_prefill(rid, request.prompt_ids, request.sampling, seed, remote_decode=True))
+        except QueueFull as e:
+            raise ServiceError(e.code, f"prefill {e}") from None
+        except ValueError as e:  # the same request id twice
+            raise ServiceError(StatusCode.INVALID_ARGUMENT, str(e)) from None
         self._ensure_running()
-        pending = _Pending(request, asyncio.get_running_loop().create_future(), time.perf_counter())
-        self._queue.append(pending)
+        waiter = self._waiters[rid] = _Waiter(asyncio.get_running_loop().create_future(), num_tokens, seed,
+                                              time.perf_counter())
         self._wakeup.set()
         try:
-            return await pending.future
+            return await waiter.future
         except asyncio.CancelledError:
-            if pending in self._queue:
-                self._queue.remove(pending)
-            elif pending.future.done() and not pending.future.cancelled() and pending.future.exception() is None:
-                self._release(pending.future.result())
+            self.scheduler.cancel(rid)  # waiting: gone; in the batch running: its KV is never leased
+            if self._waiters.get(rid) is waiter:
+                del self._waiters[rid]
+            elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self._release(waiter.future.result())  # the ticket was ready as the caller left
             raise
 
     def stats(self) -> dict:
         return {
-            "queued_prompt_tokens": self._queued_tokens(),
+            "queued_prompt_tokens": self.scheduler.num_waiting_tokens,
             "leased_tokens": self.sender.leases.num_tokens,
-            "num_waiting": len(self._queue),
+            "num_waiting": self.scheduler.num_waiting,
             "num_running": self.num_running,
             "num_leases": self.sender.num_leases,
             "num_prefilled": self.num_prefilled,
         }
-
-    def _queued_tokens(self) -> int:
-        return sum(len(p.request.prompt_ids) for p in self._queue)
 
     def close(self) -> None:
         if self._task is not None:
@@ -118,78 +137,76 @@ class PrefillWorker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            # 1) Plan the next batch (this also gives back the previous batch's staging slots).
+            plan = self.scheduler.schedule()
+            if not plan.prefill:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = self._next_batch()
-            if not batch:
                 continue
-            self.num_running = len(batch)
-            self._running_tokens = sum(len(p.request.prompt_ids) for p in batch)
+            self.num_running = len(plan.prefill)
+            self._running_tokens = sum(len(row.token_ids) for row in plan.prefill)
             try:
-                results = await loop.run_in_executor(self._executor, self._prefill_batch, [p.request for p in batch])
-            except Exception as e:  # a failed batch fails its requests, never the worker
-                log.exception("prefill batch of %d failed", len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(ServiceError("INTERNAL", f"prefill failed: {e}"))
-                continue
+                # 2) Run it on the model thread: first tokens, and a copy of each row's KV.
+                try:
+                    rows = await loop.run_in_executor(self._executor, self._prefill_batch, plan)
+                except Exception as e:  # a failed batch fails its requests, never the worker
+                    log.exception("prefill batch of %d failed", len(plan.prefill))
+                    self._answer(self.scheduler.fail_step(plan, StatusCode.INTERNAL, f"prefill failed: {e}"), {})
+                    continue
+                # 3) Finish reasons, then lease the KV of every request that continues in the decode pool.
+                events = self.scheduler.update(plan, [row.token for row in rows])
+                prefilled = {r.request_id: row for r, row in zip(plan.prefill, rows)}
+                handoffs = {e.request_id: prefilled[e.request_id] for e in events if e.handoff}
+                try:
+                    tickets = await loop.run_in_executor(self._executor, self._publish, handoffs) if handoffs else {}
+                except Exception as e:  # the sender failed: these requests fail, the worker goes on
+                    log.exception("leasing the KV of %d requests failed", len(handoffs))
+                    tickets = {rid: ServiceError(StatusCode.INTERNAL, f"prefill failed: {e}") for rid in handoffs}
+                self._answer(events, tickets)
             finally:
                 self.num_running = self._running_tokens = 0
-            for pending, result in zip(batch, results):
-                if isinstance(result, ServiceError):
-                    if not pending.future.done():
-                        pending.future.set_exception(result)
-                elif pending.future.done():  # the caller went away while its prompt was running: free its KV now
-                    self._release(result)
-                else:
-                    pending.future.set_result(result)
-                    self.num_prefilled += 1
 
-    def _next_batch(self) -> list[_Pending]:
-        batch, tokens = [], 0
-        while self._queue and len(batch) < self.settings.max_batch_size:
-            size = len(self._queue[0].request.prompt_ids)
-            if batch and tokens + size > self.settings.max_batch_tokens:
-                break
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                batch.append(pending)
-                tokens += size
-        return batch
+    def _prefill_batch(self, plan: StepPlan) -> list[_Prefilled]:
+        """On the model thread: one right-padded forward, first tokens sampled, each row's KV copied out of its slot
+        (the copy a lease will own, if the scheduler hands the request off; the slot is reused from the next
+        batch)."""
+        tokens = run(plan, self.step, None)
+        return [_Prefilled(token, *self.cache.export_slot(row.slot)) for row, token in zip(plan.prefill, tokens)]
 
-    def _prefill_batch(self, requests: list[PrefillRequest]) -> list[PrefillResult | ServiceError]:
-        """On the model thread: one right-padded forward, first tokens sampled, each sequence's KV leased."""
-        start = time.perf_counter()
-        lengths = [len(r.prompt_ids) for r in requests]
-        input_ids = torch.zeros(len(requests), max(lengths), dtype=torch.long)  # [B, T], right padded
-        for row, r in enumerate(requests):
-            input_ids[row, :lengths[row]] = torch.tensor(r.prompt_ids)
-        generators = [r.sampling.make_generator() for r in requests]
-        slots = self.cache.allocate(len(requests))
-        try:
-            logits = self.runner.forward(self.cache, slots, input_ids.to(self.runner.device), num_new=lengths)
-            tokens = sample(logits, [r.sampling for r in requests], generators)
-            results = []
-            for row, (request, token) in enumerate(zip(requests, tokens)):
-                finish = "stop" if token in self.eos_token_ids else "length" if request.sampling.max_new_tokens == 1 else None
-                ticket = None
-                if finish is None:
-                    k, v = self.cache.export_slot(slots[row])  # [L, H, T, D] copies, owned by the lease
-                    try:
-                        ticket = self.sender.publish(request.request_id, k, v)
-                    except KeyError:
-                        results.append(ServiceError("INVALID_ARGUMENT", f"request_id {request.request_id!r} is "
-                                                                        "already in flight"))
-                        continue
-                results.append(PrefillResult(
-                    request_id=request.request_id, ticket=ticket, first_token=token, prompt_tokens=lengths[row],
-                    finish_reason=finish, rng_state=generators[row].get_state().numpy().tobytes(),
-                    prefill_s=time.perf_counter() - start,
-                ))
-            return results
-        finally:
-            self.cache.free(slots)
+    def _publish(self, handoffs: dict[str, _Prefilled]) -> dict[str, object]:
+        """On the model thread (the one that wrote the KV; see KVSender.publish): a lease per request, or the
+        ServiceError of a request id already leased."""
+        tickets = {}
+        for rid, row in handoffs.items():
+            try:
+                tickets[rid] = self.sender.publish(rid, row.k, row.v)
+            except KeyError:
+                tickets[rid] = ServiceError(StatusCode.INVALID_ARGUMENT, f"request_id {rid!r} is already in flight")
+        return tickets
+
+    def _answer(self, events: list[Event], tickets: dict[str, object]) -> None:
+        """Answer each request of the batch: its ticket, its first token alone (it ended there), or its error."""
+        now = time.perf_counter()
+        for event in events:
+            rid = event.request_id
+            waiter, ticket = self._waiters.pop(rid, None), tickets.get(rid)
+            if event.status is not None:
+                outcome = ServiceError(event.status, f"{event.message} (request {rid!r})")
+            elif isinstance(ticket, ServiceError):
+                outcome = ticket
+            else:
+                outcome = PrefillResult(request_id=rid, ticket=ticket, first_token=event.token_id,
+                                        prompt_tokens=waiter.num_prompt_tokens if waiter else 0,
+                                        finish_reason=event.finish_reason, seed=waiter.seed if waiter else 0,
+                                        prefill_s=now - waiter.enqueued_at if waiter else 0.0)
+            if waiter is None or waiter.future.done():  # the caller went away meanwhile: free what it would hold
+                if isinstance(outcome, PrefillResult):
+                    self._release(outcome)
+            elif isinstance(outcome, ServiceError):
+                waiter.future.set_exception(outcome)
+            else:
+                waiter.future.set_result(outcome)
+                self.num_prefilled += 1
 
     def _release(self, result: PrefillResult) -> None:
         if result.ticket is not None:

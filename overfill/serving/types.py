@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from overfill.engine.sampling import SamplingParams
+from overfill.engine.sampling_params import SamplingParams
+from overfill.status import FinishReason, StatusCode
 from overfill.transport.base import KVTicket
 
 
 class ServiceError(Exception):
-    """An error with the gRPC status the client must see (DESIGN §6); `code` is the status name."""
+    """An error with the gRPC status the client must see (docs/architecture.md, "Errors"). `code` is a StatusCode
+    (a status name given as a string is checked against it here, so a misspelt code fails where it is raised)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: StatusCode | str, message: str):
+        code = StatusCode(code)
         super().__init__(code, message)  # both in args, so the error survives pickling between processes
         self.code = code
         self.message = message
@@ -34,14 +37,15 @@ class PrefillRequest:
 
 @dataclass(frozen=True)
 class PrefillResult:
-    """The prefill ticket: where the KV waits, the first token, and the sampler's state to continue from."""
+    """The prefill ticket: where the KV waits, the first token, and the seed sampling continues with."""
 
     request_id: str
     ticket: KVTicket | None   # None when the request already finished at its first token (no KV is kept)
     first_token: int
     prompt_tokens: int
-    finish_reason: str | None  # "stop"/"length" if the first token ended the request
-    rng_state: bytes           # the request's sampling generator after the first token
+    finish_reason: FinishReason | None  # when the first token ended the request
+    seed: int                  # the request's sampling seed (its own, or drawn at prefill): decode's token i draws
+    #                            with (seed, i), see engine/sampling_params.py
     prefill_s: float           # time spent queued + prefilling in the prefill replica
 
 
@@ -50,5 +54,5 @@ class TokenChunk:
     """Tokens decoded since the previous chunk; the last chunk of a request has `finish_reason`."""
 
     token_ids: list[int]
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     kv_transfer_s: float | None = None  # on the first chunk: how long the KV pull took

@@ -15,6 +15,7 @@ from overfill.engine.sampling import SamplingParams
 from overfill.prompts import has_chat_template, render_chat
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.types import ServiceError
+from overfill.status import StatusCode
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 256
@@ -46,9 +47,9 @@ def _tokenize(tokenizer, text: str, field: str, max_tokens: int, limits: Limits,
     takes seconds to tokenize, only to be refused afterwards."""
     room = limits.max_context_tokens - max_tokens
     if limits.max_token_chars and len(text) > CHARS_PER_TOKEN_SLACK * limits.max_token_chars * room:
-        raise ServiceError("RESOURCE_EXHAUSTED", f"{field} ({len(text)} characters) cannot fit the "
-                                                 f"{room} tokens left by max_tokens ({max_tokens}) in the context "
-                                                 f"of {limits.max_context_tokens}")
+        raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"{field} ({len(text)} characters) cannot fit the "
+                                                          f"{room} tokens left by max_tokens ({max_tokens}) in the "
+                                                          f"context of {limits.max_context_tokens}")
     return tokenizer(text, **kwargs)["input_ids"]
 
 
@@ -61,7 +62,7 @@ class ValidRequest:
 
 
 def _invalid(message: str) -> ServiceError:
-    return ServiceError("INVALID_ARGUMENT", message)
+    return ServiceError(StatusCode.INVALID_ARGUMENT, message)
 
 
 def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
@@ -117,8 +118,9 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     if not prompt_ids:
         raise _invalid("prompt encodes to no tokens")
     if len(prompt_ids) + max_tokens > limits.max_context_tokens:
-        raise ServiceError("RESOURCE_EXHAUSTED", f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) "
-                                                 f"exceeds the context of {limits.max_context_tokens} tokens")
+        raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
+                                                          f"({max_tokens}) exceeds the context of "
+                                                          f"{limits.max_context_tokens} tokens")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_tokens)
     return ValidRequest(request_id, prompt_ids, sampling, stop)
 

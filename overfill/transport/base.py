@@ -17,14 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
+from overfill.status import StatusCode
 from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.wire import KVLayout
 
 
 class KVTransferError(RuntimeError):
-    """A pull or release failed; `code` is the gRPC status name (NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE, ...)."""
+    """A pull or release failed; `code` is its StatusCode (NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE, ...)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: StatusCode | str, message: str):
+        code = StatusCode(code)
         super().__init__(f"{code}: {message}")
         self.code = code
 

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from overfill.request_parsing import UnparsableRequest, lenient_parser
+from overfill.status import StatusCode
 from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseRenewal, LeaseTable
@@ -219,23 +220,23 @@ class GrpcKVReceiver(KVReceiver):
                     except ValueError as e:
                         raise KVWireError(f"malformed KV chunk: {e}") from e
         except grpc.RpcError as e:
-            raise KVTransferError(e.code().name, e.details() or "KV pull failed") from e
+            raise KVTransferError(StatusCode.of_grpc(e.code()), e.details() or "KV pull failed") from e
         except KVWireError as e:
             call.cancel()  # stop the rest of a stream we refuse
-            raise KVTransferError("DATA_LOSS", str(e)) from e
+            raise KVTransferError(StatusCode.DATA_LOSS, str(e)) from e
         if assembler is None:
-            raise KVTransferError("DATA_LOSS", "KV stream ended without a header")
+            raise KVTransferError(StatusCode.DATA_LOSS, "KV stream ended without a header")
         try:
             return assembler.finish()
         except KVWireError as e:
-            raise KVTransferError("DATA_LOSS", str(e)) from e
+            raise KVTransferError(StatusCode.DATA_LOSS, str(e)) from e
 
     def release(self, ticket: KVTicket) -> bool:
         try:
             response = self._stub(ticket.address)[0].Release(pb.ReleaseRequest(request_id=ticket.request_id),
                                                           metadata=self.metadata, timeout=10.0)
         except grpc.RpcError as e:
-            raise KVTransferError(e.code().name, e.details() or "KV release failed") from e
+            raise KVTransferError(StatusCode.of_grpc(e.code()), e.details() or "KV release failed") from e
         return response.released
 
     def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
@@ -246,7 +247,7 @@ class GrpcKVReceiver(KVReceiver):
             try:
                 response = stub.Renew(pb.RenewRequest(request_ids=batch), metadata=self.metadata, timeout=timeout_s)
             except grpc.RpcError as e:
-                raise KVTransferError(e.code().name, e.details() or "KV lease renewal failed") from e
+                raise KVTransferError(StatusCode.of_grpc(e.code()), e.details() or "KV lease renewal failed") from e
             ttls.append(response.ttl_s)
             not_found.update(response.not_found_request_ids)
         return LeaseRenewal(min(ttls, default=0.0), frozenset(not_found))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+from overfill.status import StatusCode
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.wire import KVLayout, layout_mismatch
@@ -29,13 +30,13 @@ class InProcessReceiver(KVReceiver):
     def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0):
         table = _TABLES.get(ticket.address)
         if table is None:
-            raise KVTransferError("UNAVAILABLE", f"no KV sender at {ticket.address}")
+            raise KVTransferError(StatusCode.UNAVAILABLE, f"no KV sender at {ticket.address}")
         lease = table.get(ticket.request_id)
         if lease is None:
-            raise KVTransferError("NOT_FOUND", f"no KV lease for request {ticket.request_id!r}")
+            raise KVTransferError(StatusCode.NOT_FOUND, f"no KV lease for request {ticket.request_id!r}")
         problem = layout_mismatch(lease.layout, expected)
         if problem:
-            raise KVTransferError("FAILED_PRECONDITION", f"leased KV has {problem}")
+            raise KVTransferError(StatusCode.FAILED_PRECONDITION, f"leased KV has {problem}")
         return lease.k.clone(), lease.v.clone()
 
     def release(self, ticket: KVTicket) -> bool:
@@ -45,7 +46,7 @@ class InProcessReceiver(KVReceiver):
     def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
         table = _TABLES.get(address)
         if table is None:
-            raise KVTransferError("UNAVAILABLE", f"no KV sender at {address}")
+            raise KVTransferError(StatusCode.UNAVAILABLE, f"no KV sender at {address}")
         return table.renew(request_ids)
 
 

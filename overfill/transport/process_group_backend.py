@@ -32,6 +32,7 @@ import grpc
 import torch
 
 from overfill.request_parsing import lenient_parser
+from overfill.status import StatusCode
 from overfill.transport.base import KVTicket, KVTransferError, register_backend
 from overfill.transport.grpc_backend import GrpcKVReceiver, GrpcKVSender, _geometry, _KVTransferServicer, _layout
 from overfill.transport.leases import Lease
@@ -54,8 +55,8 @@ def _rpc_error(error: grpc.RpcError, what: str) -> KVTransferError:
     """A failed metadata call as a transfer error; running out of time is UNAVAILABLE, as a slow transfer is."""
     code = error.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return KVTransferError("UNAVAILABLE", f"{what}: timed out ({error.details()})")
-    return KVTransferError(code.name, error.details() or what)
+        return KVTransferError(StatusCode.UNAVAILABLE, f"{what}: timed out ({error.details()})")
+    return KVTransferError(StatusCode.of_grpc(code), error.details() or what)
 
 
 def _check_backend(backend: str) -> None:
@@ -319,8 +320,8 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         with self._locks_lock:
             lock = self._pair_locks.setdefault(address, threading.Lock())
         if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise KVTransferError("UNAVAILABLE", f"timed out after {timeout_s:g} s waiting for the KV link to "
-                                                 f"{address}")
+            raise KVTransferError(StatusCode.UNAVAILABLE, f"timed out after {timeout_s:g} s waiting for the KV link "
+                                                          f"to {address}")
         try:
             # 1) The pair's group (opened on first use).
             group = self._groups.get(address) or self._open(address, deadline)
@@ -329,7 +330,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
             try:
                 layout = self._request_send(ticket, expected, group, deadline)
             except KVTransferError as e:
-                if e.code != "ABORTED":
+                if e.code is not StatusCode.ABORTED:
                     raise
                 self._drop(address)
                 group = self._open(address, deadline)
@@ -340,8 +341,8 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
                 k, v = group.recv(layout)
             except PairGroupError as e:
                 self._transfer_failed(ticket)
-                raise KVTransferError("UNAVAILABLE", f"KV transfer of {ticket.request_id!r} from {address} over "
-                                                     f"{self.backend} failed: {e}") from e
+                raise KVTransferError(StatusCode.UNAVAILABLE, f"KV transfer of {ticket.request_id!r} from {address} "
+                                                              f"over {self.backend} failed: {e}") from e
             finally:
                 self._receiving.discard(ticket.request_id)
             self.num_transfers += 1
@@ -362,7 +363,8 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
             group = PairGroup(self.backend, store, response.group_id, DECODE_RANK, self.bind_host,
                               self.transfer_timeout_s, self.device)
         except PairGroupError as e:
-            raise KVTransferError("UNAVAILABLE", f"could not join the {self.backend} group of {address}: {e}") from e
+            raise KVTransferError(StatusCode.UNAVAILABLE,
+                                  f"could not join the {self.backend} group of {address}: {e}") from e
         self._groups[address] = group
         self.num_groups_opened += 1
         return group
@@ -387,7 +389,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
                                   ticket.layout.num_tokens), layout, header.total_bytes)
         except KVWireError as e:  # the bytes are on their way already: this group cannot stay in step
             self._transfer_failed(ticket)
-            raise KVTransferError("DATA_LOSS", str(e)) from e
+            raise KVTransferError(StatusCode.DATA_LOSS, str(e)) from e
         return layout
 
     def _transfer_failed(self, ticket: KVTicket) -> None:

@@ -17,6 +17,7 @@ from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.faults import FaultPlan
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
+from overfill.status import StatusCode
 from overfill.transport.base import make_sender
 from services.autoscaling import PREFILL_METRIC
 from services.metrics import PrefillMetrics
@@ -59,13 +60,15 @@ class PrefillServer:
         the config enables them)."""
         if faults is not None and faults.drop_pull_after_chunks is not None:
             if not hasattr(self.sender, "cut_pull_after"):
-                raise ServiceError("INVALID_ARGUMENT", "x-overfill-faults: drop_pull_after_chunks needs a KV transport "
-                                                       f"that streams chunks, not {type(self.sender).__name__}")
+                raise ServiceError(StatusCode.INVALID_ARGUMENT, "x-overfill-faults: drop_pull_after_chunks needs a KV "
+                                                                f"transport that streams chunks, not "
+                                                                f"{type(self.sender).__name__}")
             self.sender.cut_pull_after(request.request_id, faults.drop_pull_after_chunks)
         if faults is not None and faults.delay_send_s > 0:
             if not hasattr(self.sender, "delay_send"):
-                raise ServiceError("INVALID_ARGUMENT", "x-overfill-faults: delay_send_s needs a process-group KV "
-                                                       f"transport (gloo or nccl), not {type(self.sender).__name__}")
+                raise ServiceError(StatusCode.INVALID_ARGUMENT, "x-overfill-faults: delay_send_s needs a process-group "
+                                                                f"KV transport (gloo or nccl), not "
+                                                                f"{type(self.sender).__name__}")
             self.sender.delay_send(request.request_id, faults.delay_send_s)
         return await self.worker.prefill(request)
 

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
@@ -35,6 +34,7 @@ from overfill.serving.faults import FaultPlan, plan_from_metadata
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
+from overfill.status import FinishReason, StatusCode
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
@@ -70,11 +70,11 @@ def service_error_of(error: BaseException) -> ServiceError | None:
         if isinstance(inner, ServiceError):
             return inner
         if isinstance(inner, BackPressureError):
-            return ServiceError("RESOURCE_EXHAUSTED", f"a pool's queue is full: {inner.message}")
+            return ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"a pool's queue is full: {inner.message}")
         if isinstance(inner, DeploymentUnavailableError):
-            return ServiceError("UNAVAILABLE", inner.message)
+            return ServiceError(StatusCode.UNAVAILABLE, inner.message)
         if isinstance(inner, RayActorError):
-            return ServiceError("UNAVAILABLE", "a replica serving the request died or became unreachable")
+            return ServiceError(StatusCode.UNAVAILABLE, "a replica serving the request died or became unreachable")
     return None
 
 
@@ -155,7 +155,7 @@ class GenerationRouter:
         """Bytes protobuf refused reach us as UnparsableRequest (grpc_handlers.py): INVALID_ARGUMENT naming the
         field. (GenerateRequests are refused by validate_request.)"""
         if isinstance(request, UnparsableRequest):
-            self._abort(ServiceError("INVALID_ARGUMENT", request.message), grpc_context, "")
+            self._abort(ServiceError(StatusCode.INVALID_ARGUMENT, request.message), grpc_context, "")
 
     async def _observed(self, request: pb.GenerateRequest,
                         grpc_context: RayServegRPCContext) -> AsyncIterator[pb.GenerateResponse]:
@@ -181,10 +181,10 @@ class GenerationRouter:
                                               response.usage.completion_tokens, "".join(output))
                 yield response
         except asyncio.CancelledError:
-            status = "CANCELLED"
+            status = StatusCode.CANCELLED.value
             raise
         except Exception as e:  # noqa: BLE001  every failure leaves as a status
-            status = (service_error_of(e) or ServiceError("INTERNAL", "")).code
+            status = (service_error_of(e) or ServiceError(StatusCode.INTERNAL, "")).code.value
             request_id = getattr(request, "request_id", "")  # an UnparsableRequest has none
             # A status names a valid id only: a 20 KB one overflowed the trailers (the client saw RESOURCE_EXHAUSTED).
             self._abort(e, grpc_context, request_id if REQUEST_ID.fullmatch(request_id) else "")
@@ -203,22 +203,23 @@ class GenerationRouter:
         reason = self.api_keys.refusal(grpc_context.invocation_metadata())
         if reason is not None:
             self.metrics.auth_rejections.inc(1, tags={"reason": reason})
-            self._abort(ServiceError("UNAUTHENTICATED", REFUSALS[reason]), grpc_context, "")
+            self._abort(ServiceError(StatusCode.UNAUTHENTICATED, REFUSALS[reason]), grpc_context, "")
 
     def _abort(self, error: Exception, grpc_context: RayServegRPCContext, request_id: str) -> None:
-        """The one place errors become statuses (DESIGN §6); raises so the proxy sends the status. The status
-        leaves without the original exception chained to it: Ray Serve logs what a replica raises, and an
-        exception's message may quote the request (server.log_prompts decides what `request_log` writes)."""
+        """The one place errors become statuses (docs/architecture.md, "Errors"); raises so the proxy sends the
+        status. The status leaves without the original exception chained to it: Ray Serve logs what a replica
+        raises, and an exception's message may quote the request (server.log_prompts decides what `request_log`
+        writes)."""
         if isinstance(error, asyncio.CancelledError):
             raise error
         service_error = service_error_of(error)
         if service_error is None:
             self.request_log.failed(request_id or "(unnamed)", error)
-            service_error = ServiceError("INTERNAL", f"internal error (request_id {request_id or 'unassigned'}): "
-                                                     f"{type(error).__name__}")
+            service_error = ServiceError(StatusCode.INTERNAL, f"internal error (request_id "
+                                                              f"{request_id or 'unassigned'}): {type(error).__name__}")
         elif request_id and request_id not in service_error.message:  # every status names its request
             service_error = ServiceError(service_error.code, f"{service_error.message} (request_id {request_id})")
-        grpc_context.set_code(getattr(grpc.StatusCode, service_error.code))
+        grpc_context.set_code(service_error.code.to_grpc())
         grpc_context.set_details(service_error.message)
         raise service_error from None
 
@@ -239,18 +240,18 @@ class GenerationRouter:
         sent: list[int] = []  # every token id the client has, in order: what a migration prefills again
         ttft_s, kv_transfer_s = 0.0, 0.0
 
-        def message(token_ids: list[int], finish: str | None) -> pb.GenerateResponse:
+        def message(token_ids: list[int], finish: FinishReason | None) -> pb.GenerateResponse:
             sent.extend(token_ids)
             new_text = "".join(detokenizer.push(t) for t in token_ids)
             if finish is not None:
                 new_text += detokenizer.flush()
             text, stopped = stops.push(new_text)
-            finish = "stop" if stopped else finish
+            finish = FinishReason.STOP if stopped else finish
             response = pb.GenerateResponse(text=text, token_ids=token_ids, request_id=rid)
             if finish is not None:
                 if not stopped:
                     response.text += stops.flush()
-                response.finish_reason = finish
+                response.finish_reason = finish.value
                 response.usage.CopyFrom(pb.Usage(
                     prompt_tokens=len(valid.prompt_ids), completion_tokens=len(sent), ttft_s=ttft_s,
                     e2e_s=time.perf_counter() - arrival, kv_transfer_s=kv_transfer_s))
@@ -289,7 +290,8 @@ class GenerationRouter:
                     if response.finish_reason:  # EOS, max_tokens or a stop string
                         return
                     chunk = await anext(stream, None)
-                raise ServiceError("INTERNAL", f"the decode stream of request {rid} ended without a finish reason")
+                raise ServiceError(StatusCode.INTERNAL,
+                                   f"the decode stream of request {rid} ended without a finish reason")
             except Exception as e:
                 # 4) Migration: the decode replica died (or became unreachable) mid-stream. Its tokens are all here,
                 #    so prefill prompt + sent again and continue on another decode replica with the tokens left;
@@ -297,8 +299,8 @@ class GenerationRouter:
                 if not replica_lost(e):
                     raise
                 if migration == MAX_MIGRATIONS:
-                    raise ServiceError("UNAVAILABLE", f"request {rid}: its decode replica died mid-stream after "
-                                                      f"{MAX_MIGRATIONS} migration(s) already") from e
+                    raise ServiceError(StatusCode.UNAVAILABLE, f"request {rid}: its decode replica died mid-stream "
+                                                               f"after {MAX_MIGRATIONS} migration(s) already") from e
                 log.warning("request %s: decode replica lost after %d tokens (%s); migrating", rid, len(sent),
                             type(e).__name__)
                 self.metrics.migrations.inc()
