@@ -22,12 +22,16 @@ from pathlib import Path
 
 import grpc
 
+from overfill.status import StatusCode
 from overfill.v1 import generation_pb2 as pb
 from overfill.v1 import generation_pb2_grpc as pb_grpc
 
 
 class OverFillError(RuntimeError):
-    def __init__(self, code: str, message: str, request_id: str = ""):
+    """`code` is the call's StatusCode (it compares equal to the status name, e.g. "UNAVAILABLE")."""
+
+    def __init__(self, code: StatusCode | str, message: str, request_id: str = ""):
+        code = StatusCode(code)
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.request_id = code, message, request_id
 
@@ -38,7 +42,7 @@ class OverFillError(RuntimeError):
         message = error.details() or ""
         if request_id and request_id not in message:
             message = f"{message} (request {request_id!r})" if message else f"request {request_id!r}"
-        return cls(error.code().name, message, request_id)
+        return cls(StatusCode.of_grpc(error.code()), message, request_id)
 
 
 def with_request_id(kwargs: dict) -> dict:

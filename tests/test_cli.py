@@ -46,3 +46,17 @@ def test_bad_arguments_exit_2_with_a_message(tiny_dir, tmp_path, capsys):
     assert "neither a local Hugging Face directory" in capsys.readouterr().err
     assert main(["generate", "--model", str(tiny_dir), "--mode", "full", "--temperature", "-1", "hi"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_bench_decode_runs_greedy_and_sampled_side_by_side(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "--model", str(tiny_dir), "--modes", "full", "--batch-sizes", "2", "--prompt-len",
+                 "8", "--gen-len", "4", "--repeats", "1", "--temperature", "0.8", "--top-p", "0.9", "--top-k", "50",
+                 "--seed", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sorted(r["sampling"] for r in result["rows"]) == ["greedy", "sampled"]
+    (ratio,) = result["sampling_ratios"]
+    assert ratio["mode"] == "full" and ratio["sampled_over_greedy_tokens_per_s"] > 0
+    assert "sampled (temperature 0.8, top_p 0.9, top_k 50) / greedy tokens/s" in capsys.readouterr().out
+    assert main(["bench", "decode", "--model", str(tiny_dir), "--modes", "full", "--top-k", "-1"]) == 2
+    assert "top_k" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 Modes run interleaved (full, overfill, pruned, full, ...) within each batch size so that they see the same machine
 noise; each figure is the median over repeats. The roofline TPOT is the bytes a decode step must read divided by the
 read bandwidth measured on the spot (a large tensor reduction): the weights alone, and weights plus the KV cache.
+With a temperature above 0, every (batch size, mode) also runs sampled, right after its greedy run on the same
+prompts, and the report gives sampled tokens/s over greedy tokens/s: what batched sampling costs the decode step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ class DecodeBenchSpec:
     dtype: str = "auto"
     device: str = "cpu"
     cuda_graphs: bool = True      # decode steps from CUDA graphs (CUDA only; captured in the warm-up run)
+    temperature: float = 0.0      # > 0: also run sampled (with top_p, top_k), next to greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None       # row i of a batch samples with seed + i (None: fresh seeds)
+
+    def __post_init__(self):
+        SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)  # checks
+
+    def samplings(self) -> list[str]:
+        return ["greedy", "sampled"] if self.temperature > 0 else ["greedy"]
+
+    def params(self, sampling: str, batch_size: int) -> list[SamplingParams]:
+        if sampling == "greedy":
+            return [SamplingParams(max_new_tokens=self.gen_len)] * batch_size
+        return [SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                               seed=None if self.seed is None else self.seed + row, max_new_tokens=self.gen_len)
+                for row in range(batch_size)]
 
 
 def measure_read_bandwidth(device: str, num_bytes: int = 1 << 29, repeats: int = 7) -> float:
@@ -59,32 +78,33 @@ def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
     bandwidth = measure_read_bandwidth(spec.device)
     generator = torch.Generator().manual_seed(0)
     vocab = engine.geometry.vocab_size
-    params = SamplingParams(temperature=0.0, max_new_tokens=spec.gen_len)
     kv_bytes_per_token = engine.new_cache(1, 1).spec.bytes_per_token
 
     rows = []
-    runs = [(b, r, m) for b in spec.batch_sizes for r in range(spec.repeats + 1) for m in spec.modes]
-    samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
-    cache = None
-    for batch_size, repeat, mode in tqdm(runs, desc="bench decode", disable=not progress):
-        prompts = torch.randint(0, vocab, (batch_size, spec.prompt_len), generator=generator).tolist()
+    runs = [(b, r, m, s) for b in spec.batch_sizes for r in range(spec.repeats + 1) for m in spec.modes
+            for s in spec.samplings()]
+    samples: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+    cache = prompts = None
+    for batch_size, repeat, mode, sampling in tqdm(runs, desc="bench decode", disable=not progress):
+        if sampling == "greedy":  # a sampled run reuses its greedy run's prompts
+            prompts = torch.randint(0, vocab, (batch_size, spec.prompt_len), generator=generator).tolist()
         if cache is None or cache.spec.num_slots != batch_size:  # one cache per batch size: graphs are per cache
             cache = None  # the previous batch size's cache goes first
             cache = engine.new_cache(batch_size, spec.prompt_len + spec.gen_len)
-        outputs = engine.generate(prompts, params, mode, cache=cache)
+        outputs = engine.generate(prompts, spec.params(sampling, batch_size), mode, cache=cache)
         if repeat == 0:
             continue  # warm-up
         tpot = statistics.mean(o.tpot_s for o in outputs)
-        samples.setdefault((batch_size, mode), []).append((outputs[0].ttft_s, tpot))
+        samples.setdefault((batch_size, mode, sampling), []).append((outputs[0].ttft_s, tpot))
 
-    for (batch_size, mode), measured in samples.items():
+    for (batch_size, mode, sampling), measured in samples.items():
         _, decode_runner = engine.runners(mode)
         prefill_s = statistics.median(t for t, _ in measured)
         tpot_s = statistics.median(t for _, t in measured)
         mean_context = spec.prompt_len + spec.gen_len / 2
         kv_bytes = batch_size * mean_context * kv_bytes_per_token
         rows.append({
-            "mode": mode, "batch_size": batch_size, "prefill_ms": 1e3 * prefill_s, "tpot_ms": 1e3 * tpot_s,
+            "mode": mode, "sampling": sampling, "batch_size": batch_size, "prefill_ms": 1e3 * prefill_s, "tpot_ms": 1e3 * tpot_s,
             "tokens_per_s": batch_size / tpot_s, "weight_bytes": decode_runner.weight_bytes,
             "roofline_tpot_ms": 1e3 * decode_runner.weight_bytes / bandwidth,
             "roofline_with_kv_tpot_ms": 1e3 * (decode_runner.weight_bytes + kv_bytes) / bandwidth,
@@ -93,17 +113,24 @@ def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
 
     ratios = []
     for batch_size in spec.batch_sizes:
-        by_mode = {r["mode"]: r for r in rows if r["batch_size"] == batch_size}
+        by_mode = {r["mode"]: r for r in rows if r["batch_size"] == batch_size and r["sampling"] == "greedy"}
         if "full" in by_mode and "overfill" in by_mode:
             tpot_ratio = by_mode["overfill"]["tpot_ms"] / by_mode["full"]["tpot_ms"]
             bytes_ratio = by_mode["overfill"]["weight_bytes"] / by_mode["full"]["weight_bytes"]
             ratios.append({"batch_size": batch_size, "overfill_over_full_tpot": tpot_ratio,
                            "decoder_over_full_bytes": bytes_ratio, "tpot_ratio_over_bytes_ratio": tpot_ratio / bytes_ratio})
+    sampling_ratios = []
+    by_key = {(r["batch_size"], r["mode"], r["sampling"]): r for r in rows}
+    for (batch_size, mode, sampling), row in by_key.items():
+        greedy = by_key.get((batch_size, mode, "greedy"))
+        if sampling == "sampled" and greedy is not None:
+            sampling_ratios.append({"batch_size": batch_size, "mode": mode,
+                                    "sampled_over_greedy_tokens_per_s": row["tokens_per_s"] / greedy["tokens_per_s"]})
     return {
         "spec": asdict(spec), "read_bandwidth_gb_s": bandwidth / 1e9, "kv_bytes_per_token": kv_bytes_per_token,
         "torch_threads": torch.get_num_threads(), "device_name": _device_name(spec.device),
         "cuda_graphs": engine.cuda_graphs, "rows": rows,
-        "ratios": ratios,
+        "ratios": ratios, "sampling_ratios": sampling_ratios,
     }
 
 
@@ -118,15 +145,21 @@ def _device_name(device: str) -> str:
 def format_report(result: dict) -> str:
     lines = [f"read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s, {result['torch_threads']} threads, "
              f"{result['device_name']}{', CUDA graphs' if result.get('cuda_graphs') else ''}"]
-    header = (f"{'mode':<9} {'batch':>5} {'prefill ms':>11} {'TPOT ms':>8} {'tok/s':>8} {'weights MB':>11} "
-              f"{'roofline ms':>12} {'+KV ms':>7} {'TPOT/roof':>10}")
+    header = (f"{'mode':<9} {'sampling':<8} {'batch':>5} {'prefill ms':>11} {'TPOT ms':>8} {'tok/s':>8} "
+              f"{'weights MB':>11} {'roofline ms':>12} {'+KV ms':>7} {'TPOT/roof':>10}")
     lines += [header, "-" * len(header)]
-    for r in sorted(result["rows"], key=lambda r: (r["batch_size"], r["mode"])):
-        lines.append(f"{r['mode']:<9} {r['batch_size']:>5} {r['prefill_ms']:>11.1f} {r['tpot_ms']:>8.2f} "
+    for r in sorted(result["rows"], key=lambda r: (r["batch_size"], r["mode"], r.get("sampling", "greedy"))):
+        lines.append(f"{r['mode']:<9} {r.get('sampling', 'greedy'):<8} {r['batch_size']:>5} {r['prefill_ms']:>11.1f} "
+                     f"{r['tpot_ms']:>8.2f} "
                      f"{r['tokens_per_s']:>8.1f} {r['weight_bytes'] / 1e6:>11.1f} {r['roofline_tpot_ms']:>12.2f} "
                      f"{r['roofline_with_kv_tpot_ms']:>7.2f} {r['tpot_over_roofline']:>10.2f}")
     for q in result["ratios"]:
         lines.append(f"batch {q['batch_size']}: OverFill TPOT / full TPOT = {q['overfill_over_full_tpot']:.3f}; "
                      f"decoder bytes / full bytes = {q['decoder_over_full_bytes']:.3f} "
                      f"(ratio of ratios {q['tpot_ratio_over_bytes_ratio']:.2f})")
+    spec = result["spec"]
+    for q in result.get("sampling_ratios", []):
+        lines.append(f"batch {q['batch_size']} {q['mode']}: sampled (temperature {spec['temperature']:g}, top_p "
+                     f"{spec['top_p']:g}, top_k {spec['top_k']}) / greedy tokens/s = "
+                     f"{q['sampled_over_greedy_tokens_per_s']:.3f}")
     return "\n".join(lines)

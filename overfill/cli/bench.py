@@ -26,6 +26,11 @@ def add_parser(subparsers) -> None:
     decode.add_argument("--device", default="cpu")
     decode.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, replay decode steps from CUDA graphs (default on; ignored on CPU)")
+    decode.add_argument("--temperature", type=float, default=0.0,
+                        help="> 0: also run every cell sampled, next to greedy, and report sampled/greedy tokens/s")
+    decode.add_argument("--top-p", type=float, default=1.0)
+    decode.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    decode.add_argument("--seed", type=int, help="row i of a batch samples with SEED + i (default: fresh seeds)")
     decode.add_argument("--json", type=Path, help="write the results here")
     decode.set_defaults(run=run_decode)
 
@@ -68,7 +73,8 @@ def run_decode(args: argparse.Namespace) -> int:
 
     spec = DecodeBenchSpec(model=args.model, decoder=args.decoder, batch_sizes=args.batch_sizes,
                            prompt_len=args.prompt_len, gen_len=args.gen_len, modes=args.modes.split(","),
-                           repeats=args.repeats, dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs)
+                           repeats=args.repeats, dtype=args.dtype, device=args.device, cuda_graphs=args.cuda_graphs,
+                           temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     result = run_decode_bench(spec)
     print(format_report(result))
     _save(result, args.json)

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, help="sampling seed (each prompt's generator starts from it)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut (default)")
+    p.add_argument("--seed", type=int, help="sampling seed (token i of each prompt draws from (seed, i))")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="render each prompt as one user message with the chat template (default: when the model has one)")
     p.add_argument("--refresh-every", type=int, default=0,
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from overfill.engine.sampling import SamplingParams
     from overfill.prompts import encode_prompt
 
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                             max_new_tokens=args.max_new_tokens)
     loaded = load_engine(args.model, args.decoder, [args.mode], dtype=args.dtype, device=args.device)
     tokenizer = loaded.tokenizer
