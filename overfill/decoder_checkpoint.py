@@ -2,7 +2,8 @@
 
 `overfill.json` records which full model the decoder was cut from (what the user named, a fingerprint of its config
 and one of its weights, its KV geometry), the kept channel indices, sizes, and calibration and training provenance.
-Loading a decoder next to any other full model is refused before any weights are read (DESIGN §1, invariant).
+Loading a decoder next to any other full model is refused before any weights are read (docs/architecture.md,
+"Invariants").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Prometheus metrics of DESIGN §7, through `ray.serve.metrics` (Ray exports them on its metrics port, default 8080
-here; Prometheus sees them prefixed `ray_`). Ray Serve adds deployment/replica/application tags; we add `role`.
+"""Prometheus metrics (docs/architecture.md, "Metrics"), through `ray.serve.metrics` (Ray exports them on its
+metrics port, default 8080 here; Prometheus sees them prefixed `ray_`). Ray Serve adds deployment/replica/application
+tags; we add `role`.
 
 Each replica builds the instruments of its role once. Gauges are refreshed from the workers' own accounting whenever
 Ray polls the replica's routing stats (every 0.5 s), so the numbers are the ones the leak checks use.

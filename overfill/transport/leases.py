@@ -1,9 +1,9 @@
 """The lease table: a finished prefill's KV held for the decode replica that will pull it, for a bounded time.
 
 Prefill puts a request's KV under a lease; the puller reads it and releases it. A lease nobody releases expires after
-its time-to-live and its KV is freed (and counted), so no KV can leak however a request dies (DESIGN §3, invariant).
-A decode replica that admitted the request but waits for a free slot renews the lease: each renewal extends it to
-one time-to-live from now (never further), so a lease whose renewals stop expires as before.
+its time-to-live and its KV is freed (and counted), so no KV can leak however a request dies (docs/architecture.md,
+"Invariants"). A decode replica that admitted the request but waits for a free slot renews the lease: each renewal
+extends it to one time-to-live from now (never further), so a lease whose renewals stop expires as before.
 Thread-safe: the gRPC KV service reads it from its worker threads while the prefill loop writes it.
 """
 

@@ -1,4 +1,5 @@
-"""DistServe-style routing (DESIGN §5) as Ray Serve request routers, fed by each replica's `record_routing_stats`.
+"""DistServe-style routing (docs/architecture.md, "Routing") as Ray Serve request routers, fed by each replica's
+`record_routing_stats`.
 
 `choose_replicas` returns ranks (most preferred first); Ray Serve then sends to the least busy replica of the best
 rank that accepts. Replicas that have not reported stats yet rank last but are still usable.
