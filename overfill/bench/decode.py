@@ -3,8 +3,9 @@
 Modes run interleaved (full, overfill, pruned, full, ...) within each batch size so that they see the same machine
 noise; each figure is the median over repeats. The roofline TPOT is the bytes a decode step must read divided by the
 read bandwidth measured on the spot (a large tensor reduction): the weights alone, and weights plus the KV cache.
-With a temperature above 0, every (batch size, mode) also runs sampled, right after its greedy run on the same
-prompts, and the report gives sampled tokens/s over greedy tokens/s: what batched sampling costs the decode step.
+With a temperature above 0, every (batch size, mode) also runs sampled, next to its greedy run on the same prompts
+(the two take turns going first), and the report gives sampled tokens/s over greedy tokens/s: what batched sampling
+costs the decode step.
 """
 
 from __future__ import annotations
@@ -81,12 +82,16 @@ def run_decode_bench(spec: DecodeBenchSpec, progress: bool = True) -> dict:
     kv_bytes_per_token = engine.new_cache(1, 1).spec.bytes_per_token
 
     rows = []
+    # Greedy and sampled runs of a cell share its prompts and take turns going first (what runs second may find the
+    # machine warmer).
     runs = [(b, r, m, s) for b in spec.batch_sizes for r in range(spec.repeats + 1) for m in spec.modes
-            for s in spec.samplings()]
+            for s in (spec.samplings() if r % 2 else spec.samplings()[::-1])]
     samples: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
     cache = prompts = None
+    cell = None
     for batch_size, repeat, mode, sampling in tqdm(runs, desc="bench decode", disable=not progress):
-        if sampling == "greedy":  # a sampled run reuses its greedy run's prompts
+        if cell != (batch_size, repeat, mode):
+            cell = (batch_size, repeat, mode)
             prompts = torch.randint(0, vocab, (batch_size, spec.prompt_len), generator=generator).tolist()
         if cache is None or cache.spec.num_slots != batch_size:  # one cache per batch size: graphs are per cache
             cache = None  # the previous batch size's cache goes first
