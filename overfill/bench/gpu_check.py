@@ -185,44 +185,26 @@ class Models:
 
 
 def decode(spec: CheckSpec, models: Models, bandwidth_gb_s: float | None) -> dict:
-    """TPOT per (batch, eager or graphs, mode): full = the full model decodes, overfill = the decoder decodes on the
-    full model's KV. Random prompts; no EOS, so every run decodes gen_len tokens."""
-    from overfill.engine.sampling_params import SamplingParams
-
-    generator = torch.Generator().manual_seed(0)
+    """TPOT per (eager or CUDA graphs, batch, mode): full = the full model decodes, overfill = the decoder decodes on
+    the full model's KV. Random prompts; no EOS, so every run decodes gen_len tokens. Eager runs first, and a failure
+    with graphs is recorded without losing the eager figures."""
     graph_choices = (False, True) if torch.device(spec.device).type == "cuda" else (False,)
-    engines = {graphs: models.engine(graphs) for graphs in graph_choices}
     weight_bytes = {"full": models.runners["full"].weight_bytes, "overfill": models.runners["decoder"].weight_bytes}
-    rows = []
-    for batch_size in spec.batch_sizes:
-        params = SamplingParams(max_new_tokens=spec.gen_len)
-        caches = {graphs: engine.new_cache(batch_size, spec.prompt_len + spec.gen_len)
-                  for graphs, engine in engines.items()}
-        samples: dict[tuple[bool, str], list[float]] = {}
-        for repeat in range(spec.repeats + 1):
-            prompts = torch.randint(3, spec.full.vocab_size, (batch_size, spec.prompt_len), generator=generator).tolist()
-            for graphs, engine in engines.items():
-                for mode in ("full", "overfill"):
-                    outputs = engine.generate(prompts, params, mode, cache=caches[graphs])
-                    if repeat:  # the first run warms up (and captures the graphs)
-                        samples.setdefault((graphs, mode), []).append(statistics.mean(o.tpot_s for o in outputs))
-        for (graphs, mode), tpots in samples.items():
-            tpot_s = statistics.median(tpots)
-            row = {"batch_size": batch_size, "cuda_graphs": graphs, "mode": mode, "tpot_ms": 1e3 * tpot_s,
-                   "tokens_per_s": batch_size / tpot_s, "weight_bytes": weight_bytes[mode]}
-            if bandwidth_gb_s:
-                row["roofline_ms"] = 1e3 * weight_bytes[mode] / (bandwidth_gb_s * 1e9)
-                row["tpot_over_roofline"] = row["tpot_ms"] / row["roofline_ms"]
-            rows.append(row)
-        del caches
+    rows, errors = [], {}
+    for graphs in graph_choices:
+        try:
+            rows += _decode_rows(spec, models.engine(graphs), graphs, weight_bytes, bandwidth_gb_s)
+        except Exception as e:  # noqa: BLE001  keep the other choice's figures
+            errors["cuda_graphs" if graphs else "eager"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}"
     bytes_ratio = weight_bytes["overfill"] / weight_bytes["full"]
     ratios = []
-    for batch_size in spec.batch_sizes:
-        for graphs in graph_choices:
+    for graphs in graph_choices:
+        for batch_size in spec.batch_sizes:
             by_mode = {r["mode"]: r for r in rows if r["batch_size"] == batch_size and r["cuda_graphs"] == graphs}
-            tpot_ratio = by_mode["overfill"]["tpot_ms"] / by_mode["full"]["tpot_ms"]
-            ratios.append({"batch_size": batch_size, "cuda_graphs": graphs, "overfill_over_full_tpot": tpot_ratio,
-                           "decoder_over_full_bytes": bytes_ratio, "ratio_of_ratios": tpot_ratio / bytes_ratio})
+            if len(by_mode) == 2:
+                tpot_ratio = by_mode["overfill"]["tpot_ms"] / by_mode["full"]["tpot_ms"]
+                ratios.append({"batch_size": batch_size, "cuda_graphs": graphs, "overfill_over_full_tpot": tpot_ratio,
+                               "decoder_over_full_bytes": bytes_ratio, "ratio_of_ratios": tpot_ratio / bytes_ratio})
     targets = {}
     best = {(r["batch_size"], r["mode"]): r for r in rows if r["cuda_graphs"] == graph_choices[-1]}
     decoder_b1 = best.get((1, "overfill"))
@@ -231,11 +213,49 @@ def decode(spec: CheckSpec, models: Models, bandwidth_gb_s: float | None) -> dic
     ratio_b1 = next((q for q in ratios if q["batch_size"] == 1 and q["cuda_graphs"] == graph_choices[-1]), None)
     if ratio_b1 is not None:
         targets["overfill_full_ratio_within_1.1x_bytes_ratio_at_batch_1"] = ratio_b1["ratio_of_ratios"] <= 1.1
-    return {"prompt_len": spec.prompt_len, "gen_len": spec.gen_len, "repeats": spec.repeats,
-            "full_parameters": models.runners["full"].num_parameters,
-            "decoder_parameters": models.runners["decoder"].num_parameters,
-            "torch_compile": "not tried: the decode step is plain tensor ops already replayed from CUDA graphs",
-            "rows": rows, "ratios": ratios, "targets": targets}
+    result = {"prompt_len": spec.prompt_len, "gen_len": spec.gen_len, "repeats": spec.repeats,
+              "full_parameters": models.runners["full"].num_parameters,
+              "decoder_parameters": models.runners["decoder"].num_parameters,
+              "torch_compile": "not tried: the decode step is plain tensor ops already replayed from CUDA graphs",
+              "rows": rows, "ratios": ratios, "targets": targets}
+    if errors:
+        result["errors"] = errors
+        result["ok"] = False
+    return result
+
+
+def _decode_rows(spec: CheckSpec, engine, graphs: bool, weight_bytes: dict[str, int],
+                 bandwidth_gb_s: float | None) -> list[dict]:
+    """One engine's TPOT rows: per batch size, modes full and overfill interleaved, median over the repeats after a
+    warm-up run (which also captures the CUDA graphs)."""
+    from overfill.engine.sampling_params import SamplingParams
+
+    generator = torch.Generator().manual_seed(0)
+    params = SamplingParams(max_new_tokens=spec.gen_len)
+    rows = []
+    for batch_size in spec.batch_sizes:
+        cache = engine.new_cache(batch_size, spec.prompt_len + spec.gen_len)
+        samples: dict[str, list[float]] = {}
+        for repeat in range(spec.repeats + 1):
+            prompts = torch.randint(3, spec.full.vocab_size, (batch_size, spec.prompt_len), generator=generator)
+            prompts = prompts.tolist()
+            for mode in ("full", "overfill"):
+                outputs = engine.generate(prompts, params, mode, cache=cache)
+                if repeat:
+                    samples.setdefault(mode, []).append(statistics.mean(o.tpot_s for o in outputs))
+        for mode, tpots in samples.items():
+            tpot_s = statistics.median(tpots)
+            row = {"batch_size": batch_size, "cuda_graphs": graphs, "mode": mode, "tpot_ms": 1e3 * tpot_s,
+                   "tokens_per_s": batch_size / tpot_s, "weight_bytes": weight_bytes[mode]}
+            if bandwidth_gb_s:
+                row["roofline_ms"] = 1e3 * weight_bytes[mode] / (bandwidth_gb_s * 1e9)
+                row["tpot_over_roofline"] = row["tpot_ms"] / row["roofline_ms"]
+            if graphs:
+                step = engine.model_step(engine.runners(mode)[1], cache)
+                row["graph_steps"], row["eager_steps"] = step.graphs.num_graph_steps, step.graphs.num_eager_steps
+            rows.append(row)
+        del cache
+    return rows
 
 
 def ttft(spec: CheckSpec, models: Models) -> dict:
@@ -283,9 +303,9 @@ def sampling(spec: CheckSpec, models: Models) -> dict:
     torch.manual_seed(0)
     with torch.device(spec.device):
         tiny = AutoModelForCausalLM.from_config(TINY.config(), dtype=torch.float32).eval()
-    tiny_engine = TwoStageEngine(ModelRunner(tiny), None, set(), cuda_graphs=True)
+    tiny_engine = TwoStageEngine(ModelRunner(tiny), None, set())
     result = {"tiny_float32": check(tiny_engine, TINY.vocab_size, "full"),
-              f"overfill_{spec.dtype}": check(models.engine(True), spec.full.vocab_size, "overfill")}
+              f"overfill_{spec.dtype}": check(models.engine(False), spec.full.vocab_size, "overfill")}
     result["ok"] = result["tiny_float32"]["same_in_batch"] and result["tiny_float32"]["alone_reproduces"]
     return result
 
@@ -321,7 +341,8 @@ def kv_transfer(spec: CheckSpec) -> dict:
             _synchronize(spec.device)
             seconds = time.perf_counter() - start
             receiver.release(ticket)
-            exact = torch.equal(target.k[:, into], source.k[:, slot]) and torch.equal(target.v[:, into], source.v[:, slot])
+            exact = (torch.equal(target.k[:, into], source.k[:, slot])
+                     and torch.equal(target.v[:, into], source.v[:, slot]))
             runs.append((seconds, exact))
             target.free([into])
     finally:
