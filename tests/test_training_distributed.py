@@ -59,7 +59,7 @@ def weights(output: str) -> dict[str, torch.Tensor]:
 
 
 def test_the_workers_of_a_micro_batch_read_what_one_process_reads():
-    examples = [i for i in range(11)]
+    examples = list(range(11))
     one = TrainSpec("m", "d", "x", "overfill", "o", batch_size=4, grad_accum=3, seed=3)
     two = TrainSpec("m", "d", "x", "overfill", "o", batch_size=2, grad_accum=3, seed=3, num_workers=2)
     assert one.global_batch == two.global_batch == 12
@@ -72,6 +72,7 @@ def test_the_workers_of_a_micro_batch_read_what_one_process_reads():
 def test_two_workers_match_one_process_and_resume_bit_for_bit(ray_cluster, setup, capsys):
     from ray.train import UserCallback
 
+    from overfill.cli.main import main
     from overfill.training.distributed import RUN_NAME, train_on_ray
 
     single = train(spec_of(setup, "one-process", num_workers=1, batch_size=4), progress=False)
@@ -110,14 +111,18 @@ def test_two_workers_match_one_process_and_resume_bit_for_bit(ray_cluster, setup
     assert entry["final_loss"] == two_loss[-1] and len(entry["data_sha256"]) == 64
     assert read_manifest(single["output"]).training[-1]["global_batch"] == 8
 
-    # 3) Resume: put the step-2 checkpoint back, forget Ray's run, and finish again from step 2.
+    # 3) Resume from the command line: put the step-2 checkpoint back, forget Ray's run, finish again from step 2.
     output = Path(data_parallel["output"])
     assert torch.load(kept, weights_only=False)["step"] == 2
     shutil.copy(kept, output / CHECKPOINT)
     shutil.rmtree(output / RUN_NAME)
-    resumed = train_on_ray(spec, resume=True, progress=False)
-    assert [h["step"] for h in resumed["history"]] == [3, 4]
-    assert [h["ce"] for h in resumed["history"]] == two_loss[2:]
-    c = weights(resumed["output"])
+    assert main(["train", "--model", str(full), "--decoder", str(decoder), "--data", str(data), "--output", str(output),
+                 "--steps", "4", "--batch-size", "2", "--grad-accum", "2", "--lr", "1e-3", "--kd-weight", "0.1",
+                 "--save-every", "2", "--num-workers", "2", "--resume"]) == 0
+    assert f"final loss {two_loss[-1]:.4f}" in capsys.readouterr().out
+    resumed = read_manifest(output).training[-1]
+    assert resumed["final_loss"] == two_loss[-1]  # bit for bit, and so are the weights
+    assert 0 < resumed["response_tokens_this_run"] < data_parallel["tokens"]  # steps 3 and 4 only
+    c = weights(str(output))
     assert all(torch.equal(b[k], c[k]) for k in b)
     assert torch.load(output / CHECKPOINT, weights_only=False)["step"] == 4
