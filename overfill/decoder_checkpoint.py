@@ -60,7 +60,8 @@ class DecoderManifest:
     num_parameters: int
     kept_hidden: list[int]
     kept_mlp: list[list[int]]
-    calibration: dict                      # source, sha256, num_samples, num_tokens, max_length
+    calibration: dict                      # sources, sha256, num_samples, num_tokens, max_length
+    reconstruction: dict = field(default_factory=dict)  # method, ridge, tokens, per-layer error (reconstruction.py)
     training: list[dict] = field(default_factory=list)  # one entry per training run, oldest first
     format_version: int = FORMAT_VERSION
     overfill_version: str = __version__

@@ -2,7 +2,8 @@
 
 The decoder keeps every layer, query head, KV head, head_dim, RoPE setting and the vocabulary (so its KV cache has the
 full model's geometry) and cuts the residual width D to D' (one global channel set `m`) and the MLP width I to I'
-(one set `mi` per layer, the same count in every layer). Slicing (DESIGN §1), kept channels in original order:
+(one set `mi` per layer, the same count in every layer). Slicing, kept channels in their original order
+(reconstruction.py may then re-fit the sliced weights):
 
     embed_tokens, lm_head        [V, D]        -> [:, m]
     every RMSNorm weight         [D]           -> [m]
@@ -50,11 +51,9 @@ def check_sizes(config, hidden_size: int, intermediate_size: int) -> None:
         )
 
 
-def select_channels(importance: Importance, hidden_size: int, intermediate_size: int) -> KeptChannels:
-    """Top-k channels by importance, returned in their original order."""
-    hidden = importance.hidden.topk(hidden_size).indices.sort().values.tolist()
-    mlp = [row.topk(intermediate_size).indices.sort().values.tolist() for row in importance.mlp]
-    return KeptChannels(hidden=hidden, mlp=mlp)
+def select_hidden(importance: Importance, hidden_size: int) -> list[int]:
+    """The `hidden_size` most important residual channels, in their original order."""
+    return importance.hidden.topk(hidden_size).indices.sort().values.tolist()
 
 
 def pruned_config(config, hidden_size: int, intermediate_size: int):

@@ -60,7 +60,7 @@ def build_tiny_models(root: Path) -> tuple[Path, Path]:
     full_dir = save_tiny(root / "full", arch="llama")
     calibration = root / "cal.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    build_decoder(PruneSpec(str(full_dir), 48, 64, output=root / "decoder", calibration=calibration), progress=False)
+    build_decoder(PruneSpec(str(full_dir), 48, 64, output=root / "decoder", calibration=[calibration]), progress=False)
     return full_dir, root / "decoder"
 
 

@@ -22,7 +22,7 @@ def calibration_file(tmp_path):
 
 def prune(full_dir, output, calibration_file, hidden=48, intermediate=40):
     return build_decoder(PruneSpec(model=str(full_dir), hidden_size=hidden, intermediate_size=intermediate,
-                                   output=output, calibration=calibration_file), progress=False)
+                                   output=output, calibration=[calibration_file]), progress=False)
 
 
 def test_save_load_round_trip(tiny_dir, tmp_path, calibration_file):

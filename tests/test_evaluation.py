@@ -45,7 +45,7 @@ def test_eval_runs_every_mode_and_plots(tiny_dir, tmp_path, capsys):
     calibration = tmp_path / "cal.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     decoder = tmp_path / "decoder"
-    build_decoder(PruneSpec(str(tiny_dir), 64, 96, output=decoder, calibration=calibration), progress=False)  # no-op
+    build_decoder(PruneSpec(str(tiny_dir), 64, 96, output=decoder, calibration=[calibration]), progress=False)  # no-op
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "answer": a, "match": m}) + "\n"
                              for q, a, m in [("What is 2+2?", "4", "number"), ("Capital of France?", "Paris", "contains"),

@@ -50,7 +50,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     calibration = root / "cal.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     for name, hidden, mlp in (("decoder", 48, 64), ("identity", 64, 96)):
-        build_decoder(PruneSpec(str(full), hidden, mlp, output=root / name, calibration=calibration), progress=False)
+        build_decoder(PruneSpec(str(full), hidden, mlp, output=root / name, calibration=[calibration]), progress=False)
     return {"full": full, "decoder": root / "decoder", "identity": root / "identity"}
 
 

@@ -1,28 +1,36 @@
-"""Calibration and width pruning: the identity invariant, slicing, padding masking, size checks, refusals."""
+"""Calibration and width pruning: the identity invariant, slicing, padding masking, size checks, refusals.
+(Reconstruction: tests/test_reconstruction.py.)"""
+
+import json
 
 import pytest
 import torch
 
-from overfill.calibration import CalibrationDataError, estimate_importance, load_calibration
+from overfill.calibration import CalibrationDataError, CalibrationSample, estimate_importance, load_calibration
 from overfill.engine.generate import TwoStageEngine
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams
 from overfill.geometry import KVGeometry
 from overfill.model_loading import UnsupportedModelError, check_supported
-from overfill.pruning import KeptChannels, PruneSizeError, check_sizes, prune_model, select_channels
-from tests.tiny import CORPUS, tiny_model, tiny_tokenizer
+from overfill.pruning import KeptChannels, PruneSizeError, check_sizes, prune_model, select_hidden
+from tests.tiny import tiny_decoder, tiny_model, tiny_samples, tiny_tokenizer
 
 
 def importance_of(model, batch_size=2):
-    return estimate_importance(model, tiny_tokenizer(), CORPUS, batch_size=batch_size, progress=False)
+    return estimate_importance(model, tiny_samples(), pad_id=0, batch_size=batch_size, progress=False)
+
+
+def top_channels(model, hidden_size: int, intermediate_size: int) -> KeptChannels:
+    """Residual channels by importance; the first `intermediate_size` MLP channels of every layer."""
+    return KeptChannels(hidden=select_hidden(importance_of(model), hidden_size),
+                        mlp=[list(range(intermediate_size))] * model.config.num_hidden_layers)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_identity_prune_keeps_logits_and_overfill_equals_full(arch):
     full = tiny_model(arch)
     config = full.config
-    kept = select_channels(importance_of(full), config.hidden_size, config.intermediate_size)
-    decoder = prune_model(full, kept)
+    decoder = tiny_decoder(full, config.hidden_size, config.intermediate_size, method="lstsq")
     input_ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(decoder(input_ids).logits, full(input_ids).logits, rtol=0, atol=0)
 
@@ -36,7 +44,7 @@ def test_identity_prune_keeps_logits_and_overfill_equals_full(arch):
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_pruned_shapes_keep_kv_geometry(arch):
     full = tiny_model(arch)
-    kept = select_channels(importance_of(full), 48, 40)
+    kept = top_channels(full, 48, 40)
     decoder = prune_model(full, kept)
     assert (decoder.config.hidden_size, decoder.config.intermediate_size) == (48, 40)
     assert decoder.config.head_dim == 16
@@ -62,10 +70,10 @@ def test_pruned_shapes_keep_kv_geometry(arch):
 def test_kept_channels_are_the_most_important_in_order():
     full = tiny_model("llama")
     importance = importance_of(full)
-    kept = select_channels(importance, 16, 8)
-    assert kept.hidden == sorted(kept.hidden) and len(kept.hidden) == 16
-    threshold = importance.hidden[kept.hidden].min()
-    dropped = [i for i in range(64) if i not in kept.hidden]
+    hidden = select_hidden(importance, 16)
+    assert hidden == sorted(hidden) and len(hidden) == 16
+    threshold = importance.hidden[hidden].min()
+    dropped = [i for i in range(64) if i not in hidden]
     assert importance.hidden[dropped].max() <= threshold
 
 
@@ -74,7 +82,6 @@ def test_padding_is_masked_out_of_importance():
     one_by_one = importance_of(full, batch_size=1)
     padded = importance_of(full, batch_size=5)  # samples of different lengths share a padded batch
     torch.testing.assert_close(padded.hidden, one_by_one.hidden, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(padded.mlp, one_by_one.mlp, rtol=1e-4, atol=1e-5)
     assert padded.num_tokens == one_by_one.num_tokens
 
 
@@ -93,20 +100,32 @@ def test_kept_mlp_counts_must_agree():
         prune_model(full, KeptChannels(hidden=list(range(64)), mlp=[list(range(10)), list(range(9)), list(range(10))]))
 
 
-def test_calibration_lines_are_parsed_and_errors_name_the_line(tmp_path):
+def test_calibration_samples_split_where_overfill_splits_and_errors_name_the_line(tmp_path):
+    tokenizer = tiny_tokenizer()
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     good = tmp_path / "cal.jsonl"
-    good.write_text('{"text": "hello there"}\n\n{"messages": [{"role": "user", "content": "hi"}]}\n')
-    calibration = load_calibration(good, tiny_tokenizer())
-    assert calibration.texts[0] == "hello there" and "<|im_start|>user\nhi" in calibration.texts[1]
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Paris is the capital."}]
+    good.write_text('{"text": "The quick brown fox jumps."}\n\n' + json.dumps({"messages": chat}) + "\n"
+                    + json.dumps({"messages": chat[:1]}) + "\n")
+    calibration = load_calibration([good], tokenizer)
+    text_ids = encode("The quick brown fox jumps.")
+    prompt = encode(tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True))
+    rendered_user = encode(tokenizer.apply_chat_template(chat[:1], tokenize=False))
+    assert calibration.samples == [
+        CalibrationSample(text_ids, len(text_ids) // 2),  # a text: its first half is prompt
+        CalibrationSample(prompt + encode("Paris is the capital.") + [tokenizer.eos_token_id], len(prompt)),
+        CalibrationSample(rendered_user, len(rendered_user) // 2),  # no assistant turn to split at
+    ]
+    assert load_calibration([good], tokenizer, max_length=4).samples[1] == CalibrationSample(prompt[:4], 2)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"prompt": "wrong key"}\n')
     with pytest.raises(CalibrationDataError, match="bad.jsonl:2"):
-        load_calibration(bad, tiny_tokenizer())
+        load_calibration([good, bad], tokenizer)
 
 
 def test_shipped_calibration_set_has_a_few_hundred_samples():
     calibration = load_calibration(None, tiny_tokenizer())
-    assert len(calibration.texts) >= 200
+    assert len(calibration.samples) >= 200
 
 
 @pytest.mark.parametrize("model_type, overrides, reason", [
@@ -131,7 +150,7 @@ def test_qwen_sliding_window_and_dynamic_rope_are_refused():
 
 def test_prefill_refresh_replaces_decoder_kv_with_the_full_models():
     full = tiny_model("llama")
-    decoder = prune_model(full, select_channels(importance_of(full), 32, 48))
+    decoder = tiny_decoder(full, 32, 48)
     engine = TwoStageEngine(ModelRunner(full), ModelRunner(decoder), eos_token_ids=set())
     prompt = [3, 1, 4, 1, 5]
     cache = engine.new_cache(1, 32)

@@ -11,13 +11,11 @@ import pytest
 from overfill.engine.generate import TwoStageEngine
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams
-from overfill.pruning import prune_model, select_channels
-from overfill.calibration import estimate_importance
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import AdmissionRefused, PrefillRequest, ServiceError
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
-from tests.tiny import CORPUS, tiny_model, tiny_tokenizer
+from tests.tiny import tiny_decoder, tiny_model
 
 EOS = 2
 KV_SECRET = "workers-test-secret"
@@ -26,8 +24,7 @@ KV_SECRET = "workers-test-secret"
 @pytest.fixture(scope="module")
 def models():
     full = tiny_model("qwen3")
-    importance = estimate_importance(full, tiny_tokenizer(), CORPUS, progress=False)
-    decoder = prune_model(full, select_channels(importance, 32, 48))
+    decoder = tiny_decoder(full, 32, 48)
     return ModelRunner(full), ModelRunner(decoder)
 
 

@@ -34,7 +34,7 @@ def data_file(tmp_path):
 def decoder_dir(tiny_dir, tmp_path):
     calibration = tmp_path / "cal.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
-    build_decoder(PruneSpec(str(tiny_dir), 32, 48, output=tmp_path / "decoder", calibration=calibration),
+    build_decoder(PruneSpec(str(tiny_dir), 32, 48, output=tmp_path / "decoder", calibration=[calibration]),
                   progress=False)
     return tmp_path / "decoder"
 

@@ -60,3 +60,28 @@ def save_tiny(path: Path, arch: str = "llama", seed: int = 0, **overrides) -> Pa
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def tiny_samples(tokenizer=None) -> list:
+    """CORPUS as calibration samples (the first half of each text is prompt)."""
+    from overfill.calibration import CalibrationSample
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    return [CalibrationSample(ids, len(ids) // 2) for ids in tokenizer(CORPUS, add_special_tokens=False)["input_ids"]]
+
+
+def tiny_decoder(full: torch.nn.Module, hidden_size: int, intermediate_size: int, method: str = "none",
+                 ridge: float = 1e-2) -> torch.nn.Module:
+    """`full` cut to these widths on CORPUS, as `overfill prune` cuts (Minitron residual channels, per-layer MLP
+    channels by output energy), reconstructed by `method`."""
+    from overfill.calibration import estimate_importance
+    from overfill.pruning import select_hidden
+    from overfill.reconstruction import prune_and_reconstruct
+
+    samples = tiny_samples()
+    hidden = list(range(full.config.hidden_size))
+    if hidden_size < full.config.hidden_size:
+        hidden = select_hidden(estimate_importance(full, samples, pad_id=0, batch_size=2, progress=False), hidden_size)
+    decoder, _, _ = prune_and_reconstruct(full, hidden, intermediate_size, samples, method, ridge, batch_size=2,
+                                          progress=False)
+    return decoder

@@ -3,8 +3,9 @@
 Each line is OpenAI chat form `{"messages": [{"role", "content"}, ...]}` or ShareGPT form
 `{"conversations": [{"from", "value"}, ...]}`. The response is the last assistant turn; the prompt is every message
 before it rendered with the model's chat template and generation prompt. The response ends with the EOS token, so
-the decoder learns to stop. Examples longer than `max_length` tokens, or marked `"truncated"` by `make-data`, are
-dropped and counted. Errors name the line.
+the decoder learns to stop, except in answers `make-data` marked `"truncated"` (cut at its token budget): those are
+kept without EOS, so they teach the continuation but never stopping mid-answer. Examples longer than `max_length`
+tokens are dropped and counted. Errors name the line.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ class TrainingDataError(ValueError):
 @dataclass(frozen=True)
 class Example:
     prompt_ids: list[int]
-    response_ids: list[int]  # ends with EOS
+    response_ids: list[int]  # ends with EOS unless the answer was truncated
 
 
 @dataclass
 class Dataset:
     examples: list[Example]
-    num_dropped: int  # longer than max_length, or marked truncated by make-data
+    num_dropped: int  # longer than max_length, or cut by make-data before any text
+    num_truncated: int  # kept without EOS: make-data cut them at its token budget
     source: str
 
 
@@ -54,7 +56,8 @@ def parse_messages(record: dict, where: str) -> list[dict]:
     raise TrainingDataError(f"{where}: expected {{\"messages\": [...]}} or {{\"conversations\": [...]}}")
 
 
-def encode_example(messages: list[dict], tokenizer, eos_id: int, where: str) -> Example:
+def encode_example(messages: list[dict], tokenizer, eos_id: int | None, where: str) -> Example:
+    """`eos_id` None: the answer was cut short, so no EOS follows it."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None or not messages[last]["content"].strip():
         raise TrainingDataError(f"{where}: no non-empty assistant turn to learn")
@@ -62,7 +65,8 @@ def encode_example(messages: list[dict], tokenizer, eos_id: int, where: str) -> 
         raise TrainingDataError(f"{where}: the assistant turn has no prompt before it")
     prompt = render_chat(tokenizer, messages[:last])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"] + [eos_id]
+    response_ids = tokenizer(messages[last]["content"], add_special_tokens=False)["input_ids"]
+    response_ids += [eos_id] if eos_id is not None else []
     return Example(prompt_ids, response_ids)
 
 
@@ -70,16 +74,19 @@ def load_dataset(path: str | Path, tokenizer, max_length: int = 1024) -> Dataset
     if not has_chat_template(tokenizer):
         raise TrainingDataError("the model's tokenizer has no chat template; training data is conversations")
     eos_id = tokenizer.eos_token_id
-    examples, dropped = [], 0
+    examples, dropped, truncated = [], 0, 0
     for where, record in read_jsonl(path, TrainingDataError):
-        if record.get("truncated"):  # `make-data` answers cut off at max tokens would teach stopping mid-answer
-            dropped += 1
+        cut_short = bool(record.get("truncated"))
+        messages = parse_messages(record, where)
+        if cut_short and not (messages and messages[-1]["content"].strip()):
+            dropped += 1  # cut before it said anything: nothing to learn
             continue
-        example = encode_example(parse_messages(record, where), tokenizer, eos_id, where)
+        truncated += cut_short
+        example = encode_example(messages, tokenizer, None if cut_short else eos_id, where)
         if len(example.prompt_ids) + len(example.response_ids) > max_length:
             dropped += 1
             continue
         examples.append(example)
     if not examples:
         raise TrainingDataError(f"{path}: no usable examples ({dropped} longer than {max_length} tokens)")
-    return Dataset(examples, dropped, str(path))
+    return Dataset(examples, dropped, truncated, str(path))

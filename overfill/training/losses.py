@@ -1,13 +1,15 @@
-"""The decoder's training loss in both modes (DESIGN §2), on right-padded batches of (prompt, response) examples.
+"""The decoder's training loss in both modes, on batches of (prompt, response) examples.
 
-overfill  The full model (frozen, eval, no grad) reads the prompt with `use_cache`; the decoder is teacher-forced
-          on the response with that KV as its past. It never sees a prompt token. At inference the full model samples
-          r_0, so the decoder learns r_1 .. r_{n-1} from r_0 .. r_{n-2}.
+overfill  The full model (frozen, eval, no grad) reads the prompt; the decoder is teacher-forced on the response with
+          the full model's prompt KV as its past, as it decodes at inference (docs/architecture.md, "Two-stage
+          generation"). It never sees a prompt token. At inference the full model samples r_0, so the decoder learns
+          r_1 .. r_{n-1} from r_0 .. r_{n-2}.
 pruned    The baseline: the same decoder reads prompt + response itself and learns r_0 .. r_{n-1}.
 
-Targets are gathered in one canonical order (row by row, response index ascending), so the optional
-distillation term compares the decoder with the full model token for token: KL(full || decoder) on the same
-positions, the full model reading prompt + response.
+Loss = ce_weight * CE(response tokens) + kd_weight * KL(full || decoder), the KL over the full vocabulary at the same
+positions, the full model reading prompt + response. In overfill mode that costs little: one forward of the full model
+over prompt + response gives both the prompt KV (its first P positions) and the teacher's logits; without KD it reads
+the prompt only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from overfill.engine.step import right_pad
 from overfill.training.data import Example
+
+MODES = ("overfill", "pruned")
 
 
 @dataclass
@@ -28,92 +33,81 @@ class LossOutput:
     num_tokens: int
 
 
-def _sequence_batch(examples: list[Example], with_last_response_token: bool, device) -> tuple[torch.Tensor, ...]:
-    """prompt + response (without its last token unless asked) per row, right padded.
-    Returns ids [B, L], attention mask [B, L], positions [B, L]."""
-    rows = [e.prompt_ids + (e.response_ids if with_last_response_token else e.response_ids[:-1]) for e in examples]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row)
-        mask[b, :len(row)] = 1
-    positions = torch.arange(width).expand(len(rows), width)
-    return ids.to(device), mask.to(device), positions.to(device)
+def left_pad(rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ending at the same index: ids [B, T] and mask [B, T] (bool), the padding first."""
+    ids, mask = right_pad([row[::-1] for row in rows], device)
+    return ids.flip(1), mask.flip(1)
 
 
-def _targets(examples: list[Example], first: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For response indices j >= first of every row: (row index [N], position in prompt+response predicting r_j [N],
-    r_j [N])."""
-    rows, positions, tokens = [], [], []
-    for b, e in enumerate(examples):
-        for j in range(first, len(e.response_ids)):
-            rows.append(b)
-            positions.append(len(e.prompt_ids) + j - 1)
-            tokens.append(e.response_ids[j])
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return as_tensor(rows), as_tensor(positions), as_tensor(tokens)
+@dataclass
+class _Forward:
+    logits: torch.Tensor          # [B, R, V] the decoder's, R = response positions scored
+    teacher: torch.Tensor | None  # [B, R, V] the full model's at the same positions, or None
+    targets: torch.Tensor         # [B, R] token ids; scored where `scored`
+    scored: torch.Tensor          # [B, R] bool
 
 
-def _overfill_logits(full, decoder, examples: list[Example], device) -> torch.Tensor:
-    """Decoder logits [B, R-1, V] on responses (inputs r_0..r_{n-2}), attending to the full model's prompt KV."""
-    # 1) The full model's prompt KV, prompts left padded so every row's past ends at the same index.
-    width = max(len(e.prompt_ids) for e in examples)
-    prompt_ids = torch.zeros(len(examples), width, dtype=torch.long)
-    prompt_mask = torch.zeros(len(examples), width, dtype=torch.long)
-    for b, e in enumerate(examples):
-        prompt_ids[b, width - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
-        prompt_mask[b, width - len(e.prompt_ids):] = 1
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+def _overfill_forward(full, decoder, examples: list[Example], with_teacher: bool, device) -> _Forward:
+    # 1) Prompts left padded (every row's past ends at index P), responses right padded after them: the decoder reads
+    #    r_0 .. r_{n-2}, at positions continuing each row's own prompt.
+    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in examples], device)  # [B, P]
+    response_ids, response_mask = right_pad([e.response_ids[:-1] for e in examples], device)  # [B, R]
+    targets, _ = right_pad([e.response_ids[1:] for e in examples], device)  # [B, R]: r_1 .. r_{n-1}
+    num_prompt, num_response = prompt_ids.shape[1], response_ids.shape[1]
+    mask = torch.cat([prompt_mask, response_mask], dim=1).long()  # [B, P + R]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # 2) The full model: the prompt KV, and with KD its logits on the response in the same forward.
+    teacher = None
     with torch.no_grad():
-        past = full(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
-                    use_cache=True).past_key_values
-    # 2) The decoder on the responses, right padded, positions continuing each row's own prompt length.
-    length = max(len(e.response_ids) - 1 for e in examples)
-    response_ids = torch.zeros(len(examples), length, dtype=torch.long)
-    response_mask = torch.zeros(len(examples), length, dtype=torch.long)
-    for b, e in enumerate(examples):
-        response_ids[b, :len(e.response_ids) - 1] = torch.tensor(e.response_ids[:-1])
-        response_mask[b, :len(e.response_ids) - 1] = 1
-    prompt_lengths = torch.tensor([len(e.prompt_ids) for e in examples])
-    positions = prompt_lengths[:, None] + torch.arange(length)  # [B, R-1]
-    return decoder(input_ids=response_ids.to(device),
-                   attention_mask=torch.cat([prompt_mask, response_mask.to(device)], dim=1),
-                   position_ids=positions.to(device), past_key_values=past, use_cache=True).logits
+        if with_teacher:
+            out = full(input_ids=torch.cat([prompt_ids, response_ids], dim=1), attention_mask=mask,
+                       position_ids=positions, use_cache=True, logits_to_keep=num_response)
+            teacher, past = out.logits, out.cache
+            past.crop(-num_response)  # keep the prompt's KV only
+        else:
+            past = full(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                        position_ids=positions[:, :num_prompt], use_cache=True).cache
+    # 3) The decoder on the responses, attending to the full model's prompt KV.
+    logits = decoder(input_ids=response_ids, attention_mask=mask, position_ids=positions[:, num_prompt:],
+                     cache=past, use_cache=True).logits
+    return _Forward(logits, teacher, targets, response_mask)
 
 
-def decoder_loss(full, decoder, examples: list[Example], mode: str, kd_weight: float = 0.0) -> LossOutput:
-    device = next(decoder.parameters()).device
-    first = 1 if mode == "overfill" else 0
+def _pruned_forward(full, decoder, examples: list[Example], with_teacher: bool, device) -> _Forward:
+    """The decoder reads prompt + response[:-1] itself; position len(prompt) + j - 1 predicts r_j."""
+    ids, mask = right_pad([e.prompt_ids + e.response_ids[:-1] for e in examples], device)  # [B, L]
+    targets, _ = right_pad([[0] * (len(e.prompt_ids) - 1) + e.response_ids for e in examples], device)
+    scored = torch.zeros_like(mask)
+    for row, e in enumerate(examples):
+        scored[row, len(e.prompt_ids) - 1:len(e.prompt_ids) + len(e.response_ids) - 1] = True
+    positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+    logits = decoder(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=False).logits
+    teacher = None
+    if with_teacher:
+        with torch.no_grad():
+            teacher = full(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=False).logits
+    return _Forward(logits, teacher, targets, scored)
+
+
+def decoder_loss(full, decoder, examples: list[Example], mode: str, kd_weight: float = 0.0,
+                 ce_weight: float = 1.0) -> LossOutput:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "overfill" and all(len(e.response_ids) < 2 for e in examples):
         raise ValueError("overfill mode needs responses of at least 2 tokens (the first comes from the full model)")
-    rows, positions, tokens = _targets(examples, first, device)
-
-    # 1) Decoder logits at every target, [N, V].
-    if mode == "overfill":
-        logits = _overfill_logits(full, decoder, examples, device)
-        prompt_lengths = torch.tensor([len(e.prompt_ids) for e in examples], device=device)
-        logits = logits[rows, positions - prompt_lengths[rows]]  # response index j-1 predicts r_j
-    elif mode == "pruned":
-        ids, mask, seq_positions = _sequence_batch(examples, with_last_response_token=False, device=device)
-        logits = decoder(input_ids=ids, attention_mask=mask, position_ids=seq_positions, use_cache=False).logits
-        logits = logits[rows, positions]
-    else:
-        raise ValueError(f"mode must be overfill or pruned, got {mode!r}")
-    logits = logits.float()
-    ce = F.cross_entropy(logits, tokens)
-
-    # 2) Optional distillation from the full model's distribution on the same tokens.
+    device = next(decoder.parameters()).device
+    forward = (_overfill_forward if mode == "overfill" else _pruned_forward)(full, decoder, examples, kd_weight > 0,
+                                                                             device)
+    # Every scored position, in one canonical order (row by row, response index ascending): [N, V] and [N].
+    logits = forward.logits[forward.scored].float()
+    targets = forward.targets[forward.scored]
+    ce = F.cross_entropy(logits, targets)
+    loss = ce_weight * ce
     kd = None
-    loss = ce
     if kd_weight > 0:
-        ids, mask, seq_positions = _sequence_batch(examples, with_last_response_token=False, device=device)
-        with torch.no_grad():
-            teacher = full(input_ids=ids, attention_mask=mask, position_ids=seq_positions,
-                           use_cache=False).logits[rows, positions].float()
+        teacher = forward.teacher[forward.scored].float()
         kd_term = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True,
                            reduction="batchmean")
-        loss = ce + kd_weight * kd_term
+        loss = loss + kd_weight * kd_term
         kd = kd_term.item()
-    return LossOutput(loss=loss, ce=ce.item(), kd=kd, num_tokens=len(tokens))
+    return LossOutput(loss=loss, ce=ce.item(), kd=kd, num_tokens=len(targets))

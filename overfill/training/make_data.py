@@ -2,7 +2,8 @@
 
 Input lines: `{"messages": [... ending with a user turn]}`. Output lines: the same messages plus the full model's
 assistant answer, in input order, so an interrupted run resumes after the last line written. Answers cut off at
-`max_new_tokens` are kept but marked `"truncated": true`; training skips them (they would teach stopping mid-answer).
+`max_new_tokens` are kept but marked `"truncated": true`; training learns them without the EOS that would teach
+stopping mid-answer.
 """
 
 from __future__ import annotations
