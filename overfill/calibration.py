@@ -3,6 +3,7 @@
 A sample is token ids split where OverFill would split them: a prompt (the full model computes it; the decoder only
 attends to its KV) and what follows (the tokens the decoder computes). Reconstruction fits on the latter only.
     {"messages": [..., {"role": "assistant", ...}]}  prompt = the turns before the last assistant turn, rendered
+    (or ShareGPT {"conversations": [...]})
                                                      with the chat template and its generation prompt; the rest =
                                                      that turn's content and EOS (as in training data)
     {"messages": [...]} without a final assistant turn, {"text": ...}   the first half of the tokens is the prompt
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from overfill.prompts import has_chat_template, render_chat
+from overfill.training.data import TrainingDataError, parse_messages
 
 SHIPPED_CALIBRATION = "overfill/data/calibration.jsonl (shipped)"
 
@@ -86,11 +88,11 @@ def _line_sample(line: str, tokenizer, max_length: int, where: str) -> Calibrati
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     if isinstance(record, dict) and isinstance(record.get("text"), str) and record["text"].strip():
         return _split_half(encode(record["text"])[:max_length])
-    if isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
-        messages = record["messages"]
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                   for m in messages):
-            raise CalibrationDataError(f"{where}: every message needs string 'role' and 'content'")
+    if isinstance(record, dict) and (record.get("messages") or record.get("conversations")):
+        try:
+            messages = parse_messages(record, where)
+        except TrainingDataError as e:
+            raise CalibrationDataError(str(e)) from e
         if not has_chat_template(tokenizer):
             return _split_half(encode("\n".join(m["content"] for m in messages))[:max_length])
         if messages[-1]["role"] == "assistant" and len(messages) > 1:
@@ -101,7 +103,8 @@ def _line_sample(line: str, tokenizer, max_length: int, where: str) -> Calibrati
                 return CalibrationSample(ids, len(prompt))
             return _split_half(ids)
         return _split_half(encode(tokenizer.apply_chat_template(messages, tokenize=False))[:max_length])
-    raise CalibrationDataError(f"{where}: expected {{\"text\": \"...\"}} or {{\"messages\": [...]}}")
+    raise CalibrationDataError(f"{where}: expected {{\"text\": \"...\"}}, {{\"messages\": [...]}} or "
+                               f"{{\"conversations\": [...]}}")
 
 
 def _split_half(ids: list[int]) -> CalibrationSample | None:

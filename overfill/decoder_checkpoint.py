@@ -63,6 +63,7 @@ class DecoderManifest:
     calibration: dict                      # sources, sha256, num_samples, num_tokens, max_length
     reconstruction: dict = field(default_factory=dict)  # method, ridge, tokens, per-layer error (reconstruction.py)
     training: list[dict] = field(default_factory=list)  # one entry per training run, oldest first
+    recipe: dict | None = None             # the DecoderRecipe that built it (decoder_recipe.py), if one did
     format_version: int = FORMAT_VERSION
     overfill_version: str = __version__
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -90,8 +91,12 @@ def save_decoder(model: torch.nn.Module, tokenizer, manifest: DecoderManifest, o
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    (output / MANIFEST_NAME).write_text(manifest.to_json())
-    return output
+    return write_manifest(manifest, output)
+
+
+def write_manifest(manifest: DecoderManifest, output: str | Path) -> Path:
+    (Path(output) / MANIFEST_NAME).write_text(manifest.to_json())
+    return Path(output)
 
 
 def read_manifest(decoder_dir: str | Path) -> DecoderManifest:

@@ -60,3 +60,22 @@ def test_bench_decode_runs_greedy_and_sampled_side_by_side(tiny_dir, tmp_path, c
     assert "sampled (temperature 0.8, top_p 0.9, top_k 50) / greedy tokens/s" in capsys.readouterr().out
     assert main(["bench", "decode", "--model", str(tiny_dir), "--modes", "full", "--top-k", "-1"]) == 2
     assert "top_k" in capsys.readouterr().err
+
+
+def test_decoder_build_for_a_fraction_then_info(tiny_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    from tests.test_training import CONVERSATIONS
+
+    monkeypatch.setenv("OVERFILL_HOME", str(tmp_path / "home"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))  # calibrates too (ShareGPT included)
+    decoder = tmp_path / "half"
+    assert main(["decoder", "build", "--model", str(tiny_dir), "--fraction", "0.5", "--output", str(decoder),
+                 "--data", str(data), "--calibration", str(data), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters (4" in out and str(decoder) in out  # a fraction of 40-something percent, at most 50
+    assert main(["decoder", "info", str(decoder)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameter_fraction"] <= 0.5 and info["reconstruction"]["method"] == "lstsq"
+    assert [t["steps"] for t in info["training"]] == [2] and info["recipe"]["steps"] == 2
