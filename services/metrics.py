@@ -40,7 +40,7 @@ class RouterMetrics:
                                   "Requests continued on another decode replica after theirs died mid-stream.")
         self.decode_admission_retries = Counter(
             "overfill_decode_admission_retries", "Decode calls made again after a replica refused the request at "
-            "admission (full, or stuck in a step) while another replica could take it.")
+            "admission (full, or held by a step), with the replicas that refused ranked last.")
         self.auth_rejections = Counter("overfill_auth_rejections", "Requests refused UNAUTHENTICATED, by reason "
                                        "(missing, malformed, invalid API key).", tag_keys=("reason",))
         self.running = _tagged(Gauge("overfill_num_requests_running", "Requests in flight.", tag_keys=("role",)),

@@ -194,6 +194,63 @@ def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails
     prefill.close(), decode.close()
 
 
+def test_a_step_held_past_slow_step_s_sends_new_requests_elsewhere_unless_no_other_replica_is_left(models):
+    """A step holds the model thread past slow_step_s but not yet max_step_s: the replica says so in its stats and
+    refuses a new request at once (UNAVAILABLE, its KV untouched: another replica may take it), but admits it as the
+    pool's last choice (`last_choice`: every other replica refused it too), serving it once the step returns."""
+    full, decoder = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=2, max_seq_len=128, slow_step_s=0.2, max_step_s=30.0))
+    device_back = threading.Event()
+    original_step = decode._step
+    decode._step = lambda plan: device_back.wait() and original_step(plan)
+    sampling = SamplingParams(max_new_tokens=8)
+
+    async def run():
+        slow = await prefill.prefill(PrefillRequest("slow", PROMPTS[0], sampling))
+        slow_stream = decode.generate(slow, sampling)
+        slow_first = asyncio.create_task(slow_stream.__anext__())  # its first step holds the model thread
+        assert await wait_until(lambda: decode.stats()["held_step_s"] > 0.2)
+        assert decode.stats()["stuck_step_s"] == 0
+
+        other = await prefill.prefill(PrefillRequest("other", PROMPTS[1], sampling))
+        free_before = decode.cache.num_free_slots
+        started = time.monotonic()
+        with pytest.raises(AdmissionRefused) as error:
+            await decode.generate(other, sampling).__anext__()
+        assert error.value.code == "UNAVAILABLE" and "'other'" in error.value.message
+        assert "decode.slow_step_s = 0.2 s" in error.value.message
+        assert time.monotonic() - started < 0.1
+        assert sender.num_leases == 1 and decode.cache.num_free_slots == free_before  # nothing touched
+
+        async def as_last_choice() -> list[int]:  # no other replica was left
+            return [t async for chunk in decode.generate(other, sampling, last_choice=True) for t in chunk.token_ids]
+
+        last = asyncio.create_task(as_last_choice())
+        await asyncio.sleep(0.1)
+        assert not last.done()  # admitted, waiting for the step
+        device_back.set()
+        tokens = [other.first_token] + await last
+        await slow_first
+        async for _ in slow_stream:
+            pass
+        return tokens
+
+    tokens = asyncio.run(run())
+    assert tokens == TwoStageEngine(full, decoder, {EOS}).generate([PROMPTS[1]], sampling, "overfill")[0].token_ids
+    assert decode.stats()["held_step_s"] == 0 and decode.cache.num_free_slots == 2 and sender.num_leases == 0
+    prefill.close(), decode.close()
+
+
+async def wait_until(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return condition()
+
+
 def test_unclaimed_lease_expires(models):
     prefill, decode, sender = make_workers(models, lease_ttl_s=0.05)
 
@@ -337,3 +394,45 @@ def test_a_cancelled_waiting_request_stops_renewing_and_gives_no_slot_away(model
     asyncio.run(run())
     assert_nothing_held(prefill, decode, sender)
     prefill.close(), decode.close(), sender.close()
+
+
+def test_a_decode_replica_names_itself_in_a_refusal_and_admits_as_the_last_choice(tmp_path):
+    """services/decode without Ray: the refusal carries the replica's id (the router's next call names it, so the
+    decode request router ranks it last); a call that names it already admits the request despite the slow step."""
+    from overfill.serving.config import load_config
+    from services.decode.server import DecodeServer
+    from services.prefill.server import PrefillServer
+    from tests.service_helpers import build_tiny_models
+
+    full_dir, decoder_dir = build_tiny_models(tmp_path)
+    config = load_config(None, [f"models.full={full_dir}", f"models.decoder={decoder_dir}", "decode.slow_step_s=0.2",
+                                "decode.num_slots=2"]).with_secret()
+    prefill, decode = PrefillServer(config), DecodeServer(config)
+    decode.replica_id = "decode-a"  # what Ray Serve's replica context gives in a replica
+    device_back = threading.Event()
+    original_step = decode.worker._step
+    decode.worker._step = lambda plan: device_back.wait() and original_step(plan)
+    sampling = SamplingParams(max_new_tokens=4)
+
+    async def run():
+        slow = await prefill.prefill(PrefillRequest("slow", [5, 6, 7], sampling))
+        slow_stream = decode.generate(slow, sampling)
+        slow_first = asyncio.create_task(slow_stream.__anext__())
+        assert await wait_until(lambda: decode.worker.stats()["held_step_s"] > 0)
+        other = await prefill.prefill(PrefillRequest("other", [5, 6, 8], sampling))
+        with pytest.raises(AdmissionRefused) as error:
+            await decode.generate(other, sampling, avoid_replicas=("decode-b",)).__anext__()
+        assert error.value.replica_id == "decode-a"
+        last = asyncio.create_task(decode.generate(other, sampling, avoid_replicas=("decode-b", "decode-a"))
+                                   .__anext__())
+        await asyncio.sleep(0.1)
+        device_back.set()
+        assert (await last).token_ids
+        await slow_first
+
+    try:
+        asyncio.run(run())
+    finally:
+        device_back.set()
+        decode.__del__()
+        prefill.worker.close(), prefill.sender.close()

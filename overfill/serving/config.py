@@ -59,9 +59,13 @@ class DecodePoolConfig(PoolResources):
     num_slots: int = 16                   # sequences decoded together per replica (its KV budget)
     max_waiting: int = 64                 # requests waiting for a slot per replica; beyond: RESOURCE_EXHAUSTED
     cuda_graphs: bool = True              # replay decode steps from CUDA graphs (models.device cuda only)
+    slow_step_s: float = 2.0              # a decode step running longer: the replica reports it (the decode router
+                                          # ranks it last) and refuses new requests the pool can serve elsewhere
     max_step_s: float = 60.0              # a decode step running longer fails its requests with DEADLINE_EXCEEDED
     unhealthy_step_s: float = 300.0       # a decode step running longer fails the replica's health check: Serve
                                           # replaces it (a device that never returns)
+    admission_retry_s: float = 10.0       # the router asks other decode replicas for a request one refused at
+                                          # admission (full, or held by a step) for at most this long (0: never)
 
 
 @dataclass
@@ -150,6 +154,9 @@ class ServiceConfig:
             ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),
             ("decode.max_waiting", self.decode.max_waiting >= 0, ">= 0"),
             ("decode.max_step_s", self.decode.max_step_s > 0, "> 0"),
+            ("decode.slow_step_s", 0 < self.decode.slow_step_s <= self.decode.max_step_s,
+             f"in (0, decode.max_step_s = {self.decode.max_step_s:g}]"),
+            ("decode.admission_retry_s", self.decode.admission_retry_s >= 0, ">= 0"),
             ("decode.unhealthy_step_s", self.decode.unhealthy_step_s >= self.decode.max_step_s,
              f">= decode.max_step_s = {self.decode.max_step_s:g}"),
         ]

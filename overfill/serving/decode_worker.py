@@ -12,6 +12,11 @@ boundary. All cache work runs on one model thread; KV pulls run on other threads
 loop. A step that runs past `max_step_s` fails its sequences with DEADLINE_EXCEEDED at once; their slots are freed
 when the step returns (the model thread cannot be interrupted). A step still running after `unhealthy_step_s` makes
 `check_health` fail, so the replica's supervisor (Ray Serve) replaces a replica whose device never comes back.
+
+A replica whose model thread has been held by one step for longer than `slow_step_s` says so in its stats
+(`held_step_s`, which the decode request router ranks last) and refuses new requests before touching their KV
+(`AdmissionRefused`), unless the caller says it is the pool's last choice (`last_choice`: every other replica
+refused the request already), so that a pool of one replica still serves. Past `max_step_s` it refuses everything.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class DecodeSettings:
     max_seq_len: int = 2048      # tokens per slot: prompt + generated
     max_waiting: int = 64        # admitted-to-wait requests beyond the slots; more get RESOURCE_EXHAUSTED
     kv_pull_timeout_s: float = 30.0
+    slow_step_s: float = 2.0     # a step running longer: new requests go elsewhere first (see the module docstring)
     max_step_s: float = 60.0     # a step running longer fails its sequences with DEADLINE_EXCEEDED
     unhealthy_step_s: float = 300.0  # a step running longer makes check_health fail (the replica is replaced)
     cuda_graphs: bool = False    # decode steps replayed from CUDA graphs (engine/cuda_graphs.py); CUDA only
@@ -82,10 +88,12 @@ class DecodeWorker:
 
     # ---- public ------------------------------------------------------------------------------------------------
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
-                       faults: FaultPlan | None = None) -> AsyncIterator[TokenChunk]:
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams, faults: FaultPlan | None = None, *,
+                       last_choice: bool = False) -> AsyncIterator[TokenChunk]:
         """Continue a prefilled request; yields token chunks, the last with its finish reason. Leaving early (the
-        caller cancelled) frees the slot. `faults`: test-only chaos hooks for this request (None in production)."""
+        caller cancelled) frees the slot. `last_choice`: this replica refused the request once already and the pool
+        had no other to offer, so a slow step does not refuse it (it waits for the step). `faults`: test-only chaos
+        hooks for this request (None in production)."""
         rid = prefill.request_id
         if prefill.ticket is None:
             raise ServiceError(StatusCode.INVALID_ARGUMENT, f"request {rid!r} finished at prefill: nothing to decode")
@@ -93,11 +101,15 @@ class DecodeWorker:
             raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"prompt ({prefill.prompt_tokens}) + max_tokens "
                                                               f"({sampling.max_new_tokens}) exceeds "
                                                               f"{self.settings.max_seq_len}")
-        stuck_s = self._stuck_step_s()
-        if stuck_s > 0:
+        held_s = self._step_running_s()
+        if held_s > self.settings.max_step_s:
             raise AdmissionRefused(StatusCode.UNAVAILABLE, f"decode replica refused request {rid!r}: its model "
-                                                           f"thread is held by a step running {stuck_s:.0f} s, past "
+                                                           f"thread is held by a step running {held_s:.0f} s, past "
                                                            f"decode.max_step_s = {self.settings.max_step_s:g} s")
+        if held_s > self.settings.slow_step_s and not last_choice:
+            raise AdmissionRefused(StatusCode.UNAVAILABLE, f"decode replica refused request {rid!r}: its model "
+                                                           f"thread is held by a step running {held_s:.1f} s, past "
+                                                           f"decode.slow_step_s = {self.settings.slow_step_s:g} s")
         if faults is not None and faults.refuse_admission and rid not in self._refused_by_fault:
             self._refused_by_fault.add(rid)  # chaos: full this once, for this request only
             raise AdmissionRefused(StatusCode.RESOURCE_EXHAUSTED, f"decode replica refused request {rid!r} "
@@ -163,7 +175,8 @@ class DecodeWorker:
             "num_finished": self.num_finished,
             "num_leases_kept": self.lease_keeper.num_kept,
             "num_leases_lost_waiting": self.lease_keeper.num_lost,
-            "stuck_step_s": self._stuck_step_s(),  # > 0: admits nothing; the decode router ranks it last
+            "held_step_s": self._held_step_s(),    # > 0: refuses first choices; the decode router ranks it last
+            "stuck_step_s": self._stuck_step_s(),  # > 0: admits nothing
         }
 
     def check_health(self) -> None:
@@ -176,6 +189,11 @@ class DecodeWorker:
     def _step_running_s(self) -> float:
         started = self._step_started_at
         return 0.0 if started is None else time.monotonic() - started
+
+    def _held_step_s(self) -> float:
+        """How long the running step has been running, if past slow_step_s; else 0."""
+        running_s = self._step_running_s()
+        return running_s if running_s > self.settings.slow_step_s else 0.0
 
     def _stuck_step_s(self) -> float:
         """How long the running step has been running, if past max_step_s (its requests were failed); else 0."""

@@ -24,8 +24,17 @@ class ServiceError(Exception):
 
 
 class AdmissionRefused(ServiceError):
-    """A decode replica refused a request before touching its KV (full, or its model thread stuck in a step): the
-    lease at prefill still holds the KV, so another decode replica may take the same ticket."""
+    """A decode replica refused a request before touching its KV (full, or its model thread held by a step): the
+    lease at prefill still holds the KV, so another decode replica may take the same ticket. `replica_id` names the
+    replica that refused (its Ray Serve replica id, set by services/decode; "" outside Serve), so the router's next
+    call can ask the pool to rank that replica last."""
+
+    def __init__(self, code: StatusCode | str, message: str, replica_id: str = ""):
+        super().__init__(code, message)
+        self.replica_id = replica_id
+
+    def __reduce__(self):  # the replica id survives pickling between processes too
+        return type(self), (self.code, self.message, self.replica_id)
 
 
 @dataclass(frozen=True)

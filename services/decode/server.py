@@ -14,7 +14,7 @@ from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.faults import FaultPlan
-from overfill.serving.types import PrefillResult, TokenChunk
+from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
 from services.autoscaling import DECODE_METRIC
@@ -31,25 +31,34 @@ class DecodeServer:
         decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
         self.metrics = DecodeMetrics()
+        self.replica_id = own_replica_id()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,
                                       bind_host=kv_host(config), transfer_timeout_s=config.kv.transfer_timeout_s)
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,
-                           max_waiting=config.decode.max_waiting, max_step_s=config.decode.max_step_s,
+                           max_waiting=config.decode.max_waiting, slow_step_s=config.decode.slow_step_s,
+                           max_step_s=config.decode.max_step_s,
                            unhealthy_step_s=config.decode.unhealthy_step_s,
                            kv_pull_timeout_s=config.kv.transfer_timeout_s,
                            cuda_graphs=config.decode.cuda_graphs),
         )
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
-                       faults: FaultPlan | None = None) -> AsyncIterator[TokenChunk]:
-        """Called by the router as a stream; cancelling it frees the sequence's KV slot. `faults`: test-only
-        chaos hooks (None unless the config enables them)."""
-        async for chunk in self.worker.generate(prefill, sampling, faults):
-            if chunk.kv_transfer_s is not None:
-                self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
-            yield chunk
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams, faults: FaultPlan | None = None,
+                       avoid_replicas: tuple[str, ...] = ()) -> AsyncIterator[TokenChunk]:
+        """Called by the router as a stream; cancelling it frees the sequence's KV slot. `avoid_replicas`: the
+        decode replicas that refused this request already; the decode request router ranked them last, so if this
+        replica is one of them, no other was left and it is the pool's last choice. A refusal names this replica.
+        `faults`: test-only chaos hooks (None unless the config enables them)."""
+        try:
+            async for chunk in self.worker.generate(prefill, sampling, faults,
+                                                    last_choice=self.replica_id in avoid_replicas):
+                if chunk.kv_transfer_s is not None:
+                    self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
+                yield chunk
+        except AdmissionRefused as refusal:
+            refusal.replica_id = self.replica_id
+            raise
 
     async def check_health(self) -> None:
         """Called by Ray Serve every health_check_period_s: raising marks this replica unhealthy and Serve replaces
@@ -60,8 +69,8 @@ class DecodeServer:
         return {**self.worker.stats(), **self.receiver.stats()}
 
     def record_routing_stats(self) -> dict:
-        """Polled by Ray every 0.5 s: feeds the decode request router (most free KV among replicas that can admit)
-        and the metrics."""
+        """Polled by Ray every 0.5 s: feeds the decode request router (most free KV among replicas that can admit,
+        a replica held by a step last) and the metrics."""
         stats = self.worker.stats()
         self.metrics.refresh(stats)
         return stats
@@ -74,3 +83,14 @@ class DecodeServer:
     def __del__(self):
         self.worker.close()
         self.receiver.close()
+
+
+def own_replica_id() -> str:
+    """This replica's Ray Serve id (what the decode request router sees as `replica_id.unique_id`); "" outside
+    Serve."""
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001  not running as a Serve replica (tests build the server directly)
+        return ""

@@ -1,16 +1,20 @@
 """Handing a prefilled request to the decode pool, and asking again when a replica refuses it at admission.
 
-A decode replica that is full, or whose model thread is stuck in a step, refuses before touching the KV
-(`AdmissionRefused`): the lease at prefill still holds it, so another replica can take the same ticket. Ray polls
-each replica's routing stats every 0.5 s; until then the decode request router may still pick the refusing replica.
-With more than one decode replica the router therefore pauses a little longer than that and asks the pool again.
+A decode replica that is full, or whose model thread is held by a step, refuses before touching the KV
+(`AdmissionRefused`, naming the replica): the lease at prefill still holds it, so another replica can take the same
+ticket. Each call carries the ids of the replicas that refused the request so far, and the decode request router
+(request_router.py) ranks those last, from the request itself, whatever their routing stats (polled every 0.5 s) say
+yet. So a retry never goes back to a replica that refused while another one is left, and a refusal from a replica
+that refused already means no other one was left: that refusal is the status. The retries are bounded by time
+(`decode.admission_retry_s`), never by the pool size the router last read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from overfill.serving.types import AdmissionRefused, TokenChunk
@@ -21,8 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AdmissionRetry:
-    tries: int = 3           # decode replicas asked in turn, when the pool has more than one
-    pause_s: float = 0.6     # before asking again: longer than Ray's 0.5 s routing-stats poll
+    timeout_s: float = 10.0  # decode.admission_retry_s: no call starts later than this after the first refusal
 
 
 def admission_refusal_of(error: BaseException) -> AdmissionRefused | None:
@@ -30,16 +33,18 @@ def admission_refusal_of(error: BaseException) -> AdmissionRefused | None:
     return next((e for e in error_chain(error) if isinstance(e, AdmissionRefused)), None)
 
 
-async def admitted_decode_stream(start_stream: Callable[[], object], decode_replicas: Callable[[], Awaitable[int]],
-                                 request_id: str, retry: AdmissionRetry = AdmissionRetry(),
-                                 on_retry: Callable[[], None] = lambda: None) -> tuple[object, TokenChunk | None]:
-    """(the decode stream, its first chunk; None if it ended without one). `start_stream()` calls the decode pool
-    once (a Ray Serve streaming call). A refusal at admission is tried again, up to `retry.tries` calls in all,
-    when `decode_replicas()` says the pool has more than one; the last refusal is raised. Cancelled while waiting,
-    the stream it started is cancelled too (that frees a decode slot the request may already hold)."""
-    tries, attempt = 1, 1
+async def admitted_decode_stream(start_stream: Callable[[tuple[str, ...]], object], request_id: str,
+                                 retry: AdmissionRetry = AdmissionRetry(), on_retry: Callable[[], None] = lambda: None,
+                                 clock: Callable[[], float] = time.monotonic) -> tuple[object, TokenChunk | None]:
+    """(the decode stream, its first chunk; None if it ended without one). `start_stream(avoid_replicas)` calls the
+    decode pool once (a Ray Serve streaming call) with the ids of the replicas that refused this request so far.
+    A refusal at admission is asked of the pool again while it comes from a replica that had not refused yet and
+    `retry.timeout_s` has not passed since the first refusal; otherwise that refusal is raised. Cancelled while
+    waiting, the stream it started is cancelled too (that frees a decode slot the request may already hold)."""
+    refused_by: list[str] = []
+    first_refusal_at = None
     while True:
-        stream = start_stream()
+        stream = start_stream(tuple(refused_by))
         try:
             return stream, await anext(stream, None)
         except asyncio.CancelledError:
@@ -49,12 +54,13 @@ async def admitted_decode_stream(start_stream: Callable[[], object], decode_repl
             refusal = admission_refusal_of(error)
             if refusal is None:
                 raise
-            if attempt == 1 and await decode_replicas() > 1:
-                tries = retry.tries
-            if attempt >= tries:
+            first_refusal_at = clock() if first_refusal_at is None else first_refusal_at
+            # No id: nothing to rank last, a retry could land on it again. Refused again: no other replica was left.
+            if not refusal.replica_id or refusal.replica_id in refused_by:
                 raise
-            log.info("request %s: refused by a decode replica at admission (%s); asking the pool again (%d/%d)",
-                     request_id, refusal.code, attempt + 1, tries)
+            if clock() - first_refusal_at >= retry.timeout_s:
+                raise
+            refused_by.append(refusal.replica_id)
+            log.info("request %s: refused by decode replica %s at admission (%s); asking the pool again, %d "
+                     "replica(s) ranked last", request_id, refusal.replica_id, refusal.code, len(refused_by))
             on_retry()
-        attempt += 1
-        await asyncio.sleep(retry.pause_s)

@@ -39,7 +39,7 @@ from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
-from services.router.decode_admission import admitted_decode_stream
+from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
 from services.router.replica_counts import ReplicaCounts
 
@@ -88,6 +88,7 @@ class GenerationRouter:
         if config.faults.enabled:
             log.warning("faults.enabled: TEST-ONLY chaos hooks are on; any client can stall or break its requests")
         self.replica_counts = ReplicaCounts()
+        self.admission_retry = AdmissionRetry(config.decode.admission_retry_s)
         self.num_running = 0
         # API keys are read here, from this replica's own file or environment; none found is a start-up error.
         self.api_keys = ApiKeyChecker(load_api_keys(config.auth)) if config.auth.enabled else None
@@ -275,13 +276,15 @@ class GenerationRouter:
                 return
 
             # 3) Decode: the decode pool pulls the KV and streams tokens; leaving early cancels it (frees its slot).
-            #    A replica that refuses at admission leaves the lease intact: the pool is asked again.
+            #    A replica that refuses at admission leaves the lease intact: the pool is asked again, with the
+            #    replicas that refused ranked last (decode_admission.py).
             stream, decode_done = None, False
             try:
                 yield head
                 stream, chunk = await admitted_decode_stream(
-                    lambda: self.decode.options(stream=True).generate.remote(result, sampling, faults),
-                    self._decode_replicas, rid, on_retry=self.metrics.decode_admission_retries.inc)
+                    lambda avoid: self.decode.options(stream=True).generate.remote(result, sampling, faults,
+                                                                                   avoid_replicas=avoid),
+                    rid, self.admission_retry, on_retry=self.metrics.decode_admission_retries.inc)
                 while chunk is not None:
                     decode_done = chunk.finish_reason is not None
                     kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
@@ -310,9 +313,6 @@ class GenerationRouter:
                     if stream is not None:
                         stream.cancel()
                     await asyncio.shield(self._release(result.ticket))  # no-op if decode already pulled it
-
-    async def _decode_replicas(self) -> int:
-        return (await self.replica_counts.get()).get("decode", 0)
 
     async def _release(self, ticket: KVTicket) -> None:
         """Free a lease decode has not pulled, at the KV service that holds it (the ticket names it; a no-op once

@@ -11,6 +11,7 @@ Killed replicas are replaced while the next tests run; `test_serve_replaces_ever
 """
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -37,6 +38,7 @@ MAX_STEP_S = 4.0
 UNHEALTHY_STEP_S = 12.0  # past the stalls other tests make before they kill or release their replica
 PROMPTS = ["one two three", "What is the capital of France?", "alpha is a word", "count with me: one two three",
            "The quick brown fox", "def add(a, b):"]
+WORDS = ["alpha", "bravo", "one", "two", "fox", "sun", "7", "42", "the", "cat", "x", "def", "1", "2", "3", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +83,12 @@ def read_until(stream, num_tokens: int) -> list[int]:
 def test_a_decode_replica_killed_mid_stream_is_migrated_without_repeating_a_token(service):
     app, max_tokens, stall_at = service["app"], 24, 6
     # A prompt where continuing from the full model's KV of prompt + the first 6 tokens (what a migration does)
-    # gives other tokens than the uninterrupted decoder: the check below then tells the two apart.
+    # gives other tokens than the uninterrupted decoder: the check below then tells the two apart. Tiny random models
+    # mostly repeat one token, so the search runs past PROMPTS through word triples (about 1 in 10 qualifies).
+    candidates = PROMPTS + [" ".join(words) for words in itertools.permutations(WORDS, 3)]
     prompt, ids, reference, continuation = next(
         (p, ids, ref, in_process(service, ids + ref[:stall_at], max_tokens - stall_at))
-        for p in PROMPTS for ids in [prompt_ids(service, p)] for ref in [in_process(service, ids, max_tokens)]
+        for p in candidates for ids in [prompt_ids(service, p)] for ref in [in_process(service, ids, max_tokens)]
         if len(ref) == max_tokens and in_process(service, ids + ref[:stall_at], max_tokens - stall_at) != ref[stall_at:])
     with faulty_client(service, f"stall_after_tokens={stall_at},stall_step_s=30") as client:
         stream = client.generate(prompt, max_tokens=max_tokens, request_id="migrate-1")
@@ -179,7 +183,7 @@ def test_a_request_refused_at_admission_is_served_by_asking_the_decode_pool_agai
     """Each decode replica refuses the request once, as if full (`refuse_admission`): the router asks the pool again
     with the same ticket, its lease intact, until a replica takes it (with two replicas, by the third call)."""
     config = service["config"]
-    wait_pool_restored(service["app"], "decode", config.decode.num_replicas)  # the router asks again only with two
+    wait_pool_restored(service["app"], "decode", config.decode.num_replicas)  # two replicas, each refusing once
 
     def retries() -> float:
         return sum(metric(scrape(config), "ray_overfill_decode_admission_retries_total").values())
