@@ -33,13 +33,15 @@ SERVICER_FUNCTIONS = ["services.router.grpc_handlers.add_generation_servicer"]
 ROUTING_STATS_PERIOD_S = 0.5
 
 
-def build_app(config: ServiceConfig):
-    """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already."""
+def build_app(config: ServiceConfig, prefill_server: type = PrefillServer, decode_server: type = DecodeServer):
+    """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already.
+    `prefill_server`, `decode_server`: the classes the pools run (the fault tests' builder passes subclasses that
+    wrap them; nothing in a config chooses them)."""
     if not config.kv.secret:
         raise ValueError("kv.secret must be resolved before building the app (ServiceConfig.with_secret())")
-    prefill = _pool(PrefillServer, "prefill", config.prefill, LeastQueuedTokensRouter,
+    prefill = _pool(prefill_server, "prefill", config.prefill, LeastQueuedTokensRouter,
                     max_ongoing=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8)
-    decode = _pool(DecodeServer, "decode", config.decode, MostFreeKVRouter,
+    decode = _pool(decode_server, "decode", config.decode, MostFreeKVRouter,
                    max_ongoing=config.decode.num_slots + config.decode.max_waiting + 8)
     router = serve.deployment(GenerationRouter).options(
         name="router", num_replicas=config.server.num_replicas,
@@ -95,12 +97,13 @@ def app_builder(args: dict):
     return build_app(config)
 
 
-def serve_config_of(config: ServiceConfig, serve_file: dict | None = None) -> dict:
+def serve_config_of(config: ServiceConfig, serve_file: dict | None = None, import_path: str = APP_IMPORT_PATH) -> dict:
     """The Ray Serve config (ServeDeploySchema as a dict) that deploys `config`: the deploy file's own Serve
     options (deployments' autoscaling, the application's autoscaling policy, proxy options) with its application's
-    args, ports, name and route prefix replaced by `config`'s."""
-    serve_config = copy.deepcopy(serve_file) if serve_file else {"applications": [{"import_path": APP_IMPORT_PATH}]}
-    (app,) = [a for a in serve_config["applications"] if a.get("import_path") == APP_IMPORT_PATH]
+    args, ports, name and route prefix replaced by `config`'s. `import_path`: the application's builder (tests
+    deploy their own, which wraps this one's)."""
+    serve_config = copy.deepcopy(serve_file) if serve_file else {"applications": [{"import_path": import_path}]}
+    (app,) = [a for a in serve_config["applications"] if a.get("import_path") == import_path]
     args = dataclasses.asdict(config)
     for owned in ("app_name", "route_prefix", "grpc_port", "http_port"):
         del args["server"][owned]
@@ -118,19 +121,19 @@ def serve_config_of(config: ServiceConfig, serve_file: dict | None = None) -> di
     return serve_config
 
 
-def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None,
-                  serve_file: dict | None = None) -> ServiceConfig:
+def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, serve_file: dict | None = None,
+                  import_path: str = APP_IMPORT_PATH) -> ServiceConfig:
     """Start Ray (local) and Serve with the gRPC proxy, deploy the app through its Ray Serve config (the path
     `serve run deploy/local.yaml` and KubeRay take, so deployment overrides and autoscaling policies apply) and wait
-    until it serves. `serve_file` is the parsed deploy file `config` came from, if any. Returns the config with its
-    resolved secret."""
+    until it serves. `serve_file` is the parsed deploy file `config` came from, if any; `import_path` the
+    application's builder. Returns the config with its resolved secret."""
     import ray
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
     config = config.with_secret()
     prepare_models(config)  # once here, not in every replica
-    serve_config = serve_config_of(config, serve_file)
+    serve_config = serve_config_of(config, serve_file, import_path)
     schema = ServeDeploySchema.model_validate(serve_config)
     started_ray = not ray.is_initialized()
     if started_ray:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from overfill.build_decoder import PruneSpec, build_decoder
-from overfill.serving.config import ServiceConfig, load_config
+from overfill.serving.config import APP_IMPORT_PATH, ServiceConfig, load_config
 from tests.tiny import CORPUS, save_tiny
 
 
@@ -100,14 +100,20 @@ def assert_no_kv_left(config: ServiceConfig, timeout_s: float = 10.0) -> None:
 
 
 @contextmanager
-def tiny_service(root: Path, *overrides: str) -> Iterator[dict]:
+def tiny_service(root: Path, *overrides: str, chaos: bool = False) -> Iterator[dict]:
     """The service on tiny models (`tiny_service_config` plus `overrides`) on a local Ray cluster of 2 CPUs, stopped
-    afterwards. Yields {"address", "config" (with its resolved secret), "engine" (the in-process reference)}."""
+    afterwards. Yields {"address", "config" (with its resolved secret), "engine" (the in-process reference)}.
+    `chaos`: the pools run the fault-injecting servers of tests/faults/chaos.py (a test arms faults per request)."""
     from overfill.engine.loader import load_engine
     from services.app import start_service, stop_service
+    from tests.faults.chaos import CHAOS_IMPORT_PATH, board
 
     full_dir, decoder_dir = build_tiny_models(root)
-    config = start_service(tiny_service_config(full_dir, decoder_dir, *overrides), ray_init_kwargs={"num_cpus": 2})
+    import_path = CHAOS_IMPORT_PATH if chaos else APP_IMPORT_PATH
+    config = start_service(tiny_service_config(full_dir, decoder_dir, *overrides), ray_init_kwargs={"num_cpus": 2},
+                           import_path=import_path)
+    if chaos:
+        board()  # where the tests arm faults and the chaos servers look them up
     try:
         yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config,
                "engine": load_engine(str(full_dir), str(decoder_dir), ["overfill"])}

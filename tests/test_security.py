@@ -192,8 +192,9 @@ class _LocalHandle:
 
         class Remote:
             @staticmethod
-            def remote(*args):
-                return _LocalStream(method(*args)) if stream else asyncio.ensure_future(method(*args))
+            def remote(*args, **kwargs):
+                call = method(*args, **kwargs)
+                return _LocalStream(call) if stream else asyncio.ensure_future(call)
         return Remote
 
 
@@ -220,11 +221,11 @@ class _FailingPrefill:
     def __init__(self, server, tokenizer, poison: str):
         self.server, self.tokenizer, self.poison = server, tokenizer, poison
 
-    async def prefill(self, request, *args):
+    async def prefill(self, request):
         text = self.tokenizer.decode(request.prompt_ids)
         if self.poison in text:
             raise ValueError(f"could not prefill {text!r}")
-        return await self.server.prefill(request, *args)
+        return await self.server.prefill(request)
 
     def __getattr__(self, name):
         return getattr(self.server, name)

@@ -1,14 +1,15 @@
 """The service end to end with `kv.transport=gloo`: KV metadata over the gRPC KV service, bytes over a 2-rank gloo
 process group between the prefill and the decode replica (the CPU twin of the NCCL path). Greedy output equals the
 in-process engine, concurrent streams share one cached group, a prefill replica that dies mid-transfer fails only its
-request, and no KV is left. One cluster for the module (faults enabled for the last test's one request)."""
+request, and no KV is left. One cluster for the module; its pools run the chaos servers (tests/faults/chaos.py), so
+the last test can hold one request's bytes back."""
 
 import time
 
 import pytest
 
 from overfill.client import OverFillClient, OverFillError
-from overfill.serving.faults import FAULTS_METADATA_KEY
+from tests.faults.chaos import FaultPlan, arm
 from tests.faults.replicas import kill_replica, replica_actors, wait_pool_restored
 from tests.service_helpers import (EIGHT_PROMPTS, assert_no_kv_left, concurrent_greedy, in_process, pool_stats,
                                    tiny_service, wait_for)
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.service
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     with tiny_service(tmp_path_factory.mktemp("service-gloo"), "kv.transport=gloo", "kv.transfer_timeout_s=20",
-                      "faults.enabled=true") as service:
+                      chaos=True) as service:
         yield service
 
 
@@ -51,8 +52,8 @@ def test_a_prefill_replica_dying_mid_transfer_fails_only_its_request(service):
     config, app = service["config"], service["config"].server.app_name
     before = pool_stats(config, "decode")
     prompt = "What is the capital of France?"
-    metadata = ((FAULTS_METADATA_KEY, "delay_send_s=60"),)
-    with OverFillClient(service["address"], timeout_s=60, metadata=metadata) as client:
+    arm("gloo-orphan-1", FaultPlan(delay_send_s=60))
+    with OverFillClient(service["address"], timeout_s=60) as client:
         stream = client.generate(prompt, max_tokens=20, request_id="gloo-orphan-1")
         assert len(next(stream).token_ids) == 1  # the first token: the KV is leased, decode asked for the bytes
         assert wait_for(lambda: pool_stats(config, "decode")["kv_receiving"] == 1, 10)

@@ -275,15 +275,22 @@ LEASE_TTL_S = 0.4  # ... so a request waiting behind it waits for over 3 lease T
 
 
 async def hold_the_only_slot(prefill, decode):
-    """Prefill two requests; the first takes decode's only slot and stalls there for HOLD_SLOT_S (test-only fault
-    hook); returns (holder task, the second request's prefill result, when the holder's slot was taken)."""
-    from overfill.serving.faults import FaultPlan
+    """Prefill two requests; the first takes decode's only slot and stalls there for HOLD_SLOT_S (a stalling step,
+    tests/faults/chaos.py); returns (holder task, the second request's prefill result, when the holder's slot was
+    taken)."""
+    from tests.faults.chaos import FaultPlan, install_decode_faults
 
     holder, waiter = [await prefill.prefill(PrefillRequest(rid, prompt, HOLD))
                       for rid, prompt in (("holder", PROMPTS[0]), ("waiter", PROMPTS[2]))]
+    plans = {"holder": FaultPlan(stall_after_tokens=1, stall_step_s=HOLD_SLOT_S)}
+
+    async def plan_of(lease_id):
+        return plans.get(lease_id)
+
+    install_decode_faults(decode, plan_of)
 
     async def run_holder():
-        chunks = decode.generate(holder, HOLD, FaultPlan(stall_after_tokens=1, stall_step_s=HOLD_SLOT_S))
+        chunks = decode.generate(holder, HOLD)
         return [holder.first_token] + [t async for chunk in chunks for t in chunk.token_ids]
 
     task = asyncio.create_task(run_holder())

@@ -107,19 +107,12 @@ class AuthConfig:
 
 
 @dataclass
-class FaultsConfig:
-    enabled: bool = False                 # TEST-ONLY chaos hooks (overfill/serving/faults.py): requests may carry
-                                          # x-overfill-faults metadata that stalls or breaks them; never in production
-
-
-@dataclass
 class ServiceConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prefill: PrefillPoolConfig = field(default_factory=PrefillPoolConfig)
     decode: DecodePoolConfig = field(default_factory=DecodePoolConfig)
     kv: KVConfig = field(default_factory=KVConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
-    faults: FaultsConfig = field(default_factory=FaultsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> ServiceConfig:

@@ -33,7 +33,6 @@ from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling_params import SamplingParams
 from overfill.engine.scheduler import Event, Load, QueueFull, Request, Scheduler, SchedulerConfig, StepPlan
 from overfill.engine.step import ModelStep, run
-from overfill.serving.faults import FaultPlan
 from overfill.serving.lease_keeper import LeaseKeeper
 from overfill.serving.types import AdmissionRefused, PrefillResult, ServiceError, TokenChunk
 from overfill.status import StatusCode
@@ -61,7 +60,6 @@ class _Stream:
 
     slot: asyncio.Future                                      # the KV slot, once the scheduler admits the request
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # TokenChunk | ServiceError
-    faults: FaultPlan | None = None  # test-only chaos hooks (overfill/serving/faults.py)
 
 
 class DecodeWorker:
@@ -81,19 +79,16 @@ class DecodeWorker:
         self._streams: dict[str, _Stream] = {}
         self._task: asyncio.Task | None = None
         self._work: asyncio.Event | None = None
-        self._num_faulty = 0  # streams with a fault plan: only then does a step look for a stall
-        self._refused_by_fault: set[str] = set()  # lease ids refused once by the refuse_admission fault
         self._step_started_at: float | None = None  # monotonic time the running step began; None between steps
         self.num_finished = 0
 
     # ---- public ------------------------------------------------------------------------------------------------
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams, faults: FaultPlan | None = None, *,
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
                        last_choice: bool = False) -> AsyncIterator[TokenChunk]:
         """Continue a prefilled request; yields token chunks, the last with its finish reason. Leaving early (the
         caller cancelled) frees the slot. `last_choice`: this replica refused the request once already and the pool
-        had no other to offer, so a slow step does not refuse it (it waits for the step). `faults`: test-only chaos
-        hooks for this request (None in production)."""
+        had no other to offer, so a slow step does not refuse it (it waits for the step)."""
         rid = prefill.request_id
         if prefill.ticket is None:
             raise ServiceError(StatusCode.INVALID_ARGUMENT, f"request {rid!r} finished at prefill: nothing to decode")
@@ -110,10 +105,6 @@ class DecodeWorker:
             raise AdmissionRefused(StatusCode.UNAVAILABLE, f"decode replica refused request {rid!r}: its model "
                                                            f"thread is held by a step running {held_s:.1f} s, past "
                                                            f"decode.slow_step_s = {self.settings.slow_step_s:g} s")
-        if faults is not None and faults.refuse_admission and rid not in self._refused_by_fault:
-            self._refused_by_fault.add(rid)  # chaos: full this once, for this request only
-            raise AdmissionRefused(StatusCode.RESOURCE_EXHAUSTED, f"decode replica refused request {rid!r} "
-                                                                  f"(fault refuse_admission)")
         self._ensure_running()
         try:
             self.scheduler.add(Request.prefilled(rid, prefill.prompt_tokens, prefill.first_token, sampling,
@@ -124,14 +115,11 @@ class DecodeWorker:
                                    ) from None
         except ValueError as e:  # the same lease id twice
             raise ServiceError(StatusCode.INVALID_ARGUMENT, str(e)) from None
-        stream = self._streams[rid] = _Stream(asyncio.get_running_loop().create_future(), faults=faults)
-        self._num_faulty += faults is not None
+        stream = self._streams[rid] = _Stream(asyncio.get_running_loop().create_future())
         try:
             # 1) A slot: at once if one is free, else after waiting for one (the lease renewed meanwhile).
             slot = await self._slot_for(prefill, stream)
             # 2) Pull the KV into the slot and release the lease.
-            if faults is not None and faults.delay_pull_s:
-                await asyncio.sleep(faults.delay_pull_s)  # chaos: a transfer that starts late
             start = time.perf_counter()
             await self._pull_into(slot, prefill)
             pulled_s = time.perf_counter() - start
@@ -151,7 +139,6 @@ class DecodeWorker:
                     return
         finally:
             del self._streams[rid]
-            self._num_faulty -= faults is not None
             if self.scheduler.cancel(rid):  # still held: its slot is given back at the next step boundary
                 self._work.set()
 
@@ -267,9 +254,8 @@ class DecodeWorker:
                 await self._work.wait()
                 continue
             # 2) One forward for every running sequence, on the model thread, within max_step_s.
-            stall_s = self._stall_s(plan) if self._num_faulty else 0.0
             self._step_started_at = time.monotonic()
-            step = loop.run_in_executor(self._model_thread, self._timed_step, plan, stall_s)
+            step = loop.run_in_executor(self._model_thread, self._step, plan)
             try:
                 sampled = await asyncio.wait_for(asyncio.shield(step), self.settings.max_step_s)
             except TimeoutError:  # fail the clients now; the slots stay taken until the model thread lets go
@@ -299,17 +285,7 @@ class DecodeWorker:
             else:
                 stream.out.put_nowait(TokenChunk([event.token_id], event.finish_reason))
 
-    def _stall_s(self, plan: StepPlan) -> float:
-        """Chaos: how long this step must stall for the sequences with a fault plan (after their Nth token here)."""
-        stalls = [stream.faults.stall_for(row.index) for row in plan.decode
-                  if (stream := self._streams.get(row.request_id)) is not None and stream.faults is not None]
-        return max(stalls, default=0.0)
-
-    def _timed_step(self, plan: StepPlan, stall_s: float) -> list[int | None]:
-        if stall_s:
-            time.sleep(stall_s)  # chaos: a step that stalls, holding the model thread
-        return self._step(plan)
-
     def _step(self, plan: StepPlan) -> list[int | None]:
-        """On the model thread: one forward for every running sequence, one token each."""
+        """On the model thread: one forward for every running sequence, one token each. (Fault tests wrap it with a
+        step that stalls: tests/faults/chaos.py.)"""
         return run(plan, None, self.step)

@@ -59,7 +59,6 @@ class _KVTransferServicer:
 
     def __init__(self, leases: LeaseTable, secret: str, chunk_bytes: int):
         self.leases, self.secret, self.chunk_bytes = leases, secret.encode(), chunk_bytes
-        self.cuts: dict[str, int] = {}  # test-only chaos hook: request id -> chunks to send before cutting its pull
 
     def _authenticate(self, context: grpc.ServicerContext, request=None) -> None:
         """The secret first (a caller without it learns nothing, not even that its bytes were malformed), then the
@@ -94,10 +93,7 @@ class _KVTransferServicer:
         yield pb.KVMessage(header=pb.KVHeader(request_id=request.request_id, geometry=_geometry(layout),
                                               dtype=layout.dtype, num_tokens=layout.num_tokens,
                                               total_bytes=layout.total_bytes)).SerializeToString()
-        cut_after = self.cuts.pop(request.request_id, None) if self.cuts else None
-        for index, chunk in enumerate(encode_chunks(lease.k, lease.v, self.chunk_bytes)):
-            if index == cut_after:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "KV connection dropped mid-transfer (injected fault)")
+        for chunk in encode_chunks(lease.k, lease.v, self.chunk_bytes):
             yield encode_chunk_message(chunk)  # already serialized: see chunk_codec
 
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:
@@ -152,11 +148,6 @@ class GrpcKVSender(KVSender):
     def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
         """More KVTransfer methods, for backends that move the bytes elsewhere (process_group_backend.py)."""
         return {}
-
-    def cut_pull_after(self, request_id: str, num_chunks: int) -> None:
-        """Test-only chaos hook (overfill/serving/faults.py): the next pull of this request's KV ends with
-        UNAVAILABLE after `num_chunks` chunks, as if the connection dropped mid-transfer."""
-        self.servicer.cuts[request_id] = num_chunks
 
     def _expire_loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):

@@ -71,11 +71,9 @@ class _SenderPair:
     """The prefill side of one pair: its group, built and used only on the pair's own thread, fed leases in the order
     Send answered. After a failure it is `broken`: queued and later leases are freed, never sent."""
 
-    def __init__(self, group_id: str, receiver_id: str, build, on_failed, idle_s: float,
-                 send_delay_of=lambda request_id: 0.0):
+    def __init__(self, group_id: str, receiver_id: str, build, on_failed, idle_s: float):
         self.group_id, self.receiver_id, self.idle_s = group_id, receiver_id, idle_s
         self._on_failed = on_failed  # (request_id, reason) -> None: frees the lease
-        self._send_delay_of = send_delay_of  # request_id -> seconds to wait before sending (test-only faults)
         self._queue: queue.Queue[Lease | None] = queue.Queue()
         self._lock = threading.Lock()  # orders `broken` against submits
         self.broken = False
@@ -145,7 +143,6 @@ class _SenderPair:
                         self._on_failed(lease.request_id, "the pair group broke")
                     return
                 try:
-                    time.sleep(self._send_delay_of(lease.request_id))
                     group.send(lease.k, lease.v, lease.ready)
                     self.num_sent += 1
                 except PairGroupError as e:
@@ -217,7 +214,6 @@ class ProcessGroupKVSender(GrpcKVSender):
         self._pairs_lock = threading.Lock()
         self._store: StoreHost | None = None
         self.num_failed_transfers = 0
-        self._send_delays: dict[str, float] = {}  # request_id -> seconds (test-only faults)
         super().__init__(secret, bind_address=bind_address, **kwargs)
 
     def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -250,18 +246,10 @@ class ProcessGroupKVSender(GrpcKVSender):
                 self._retired.append(old)
             self._retired = [pair for pair in self._retired if pair.running]
             self._pairs[receiver_id] = _SenderPair(group_id, receiver_id, build, self._transfer_failed,
-                                                   self.pair_idle_s, self._take_send_delay)
+                                                   self.pair_idle_s)
         if old is not None:
             old.close()
         return group_id, store.address
-
-    def delay_send(self, request_id: str, seconds: float) -> None:
-        """Test-only chaos hook (overfill/serving/faults.py): the pair thread waits `seconds` before sending this
-        request's bytes, while the decode replica already waits for them in its receive."""
-        self._send_delays[request_id] = seconds
-
-    def _take_send_delay(self, request_id: str) -> float:
-        return self._send_delays.pop(request_id, 0.0)
 
     def pair_of_group(self, group_id: str) -> _SenderPair | None:
         with self._pairs_lock:

@@ -13,7 +13,6 @@ from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
-from overfill.serving.faults import FaultPlan
 from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
@@ -44,15 +43,13 @@ class DecodeServer:
                            cuda_graphs=config.decode.cuda_graphs),
         )
 
-    async def generate(self, prefill: PrefillResult, sampling: SamplingParams, faults: FaultPlan | None = None,
+    async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
                        avoid_replicas: tuple[str, ...] = ()) -> AsyncIterator[TokenChunk]:
         """Called by the router as a stream; cancelling it frees the sequence's KV slot. `avoid_replicas`: the
         decode replicas that refused this request already; the decode request router ranked them last, so if this
-        replica is one of them, no other was left and it is the pool's last choice. A refusal names this replica.
-        `faults`: test-only chaos hooks (None unless the config enables them)."""
+        replica is one of them, no other was left and it is the pool's last choice. A refusal names this replica."""
         try:
-            async for chunk in self.worker.generate(prefill, sampling, faults,
-                                                    last_choice=self.replica_id in avoid_replicas):
+            async for chunk in self.worker.generate(prefill, sampling, last_choice=self.replica_id in avoid_replicas):
                 if chunk.kv_transfer_s is not None:
                     self.metrics.transferred(chunk.kv_transfer_s, prefill.ticket.layout.total_bytes)
                 yield chunk

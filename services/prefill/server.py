@@ -14,10 +14,8 @@ from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads
-from overfill.serving.faults import FaultPlan
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
-from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
-from overfill.status import StatusCode
+from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
 from services.autoscaling import PREFILL_METRIC
 from services.metrics import PrefillMetrics
@@ -55,21 +53,8 @@ class PrefillServer:
                             max_leased_tokens=config.prefill.max_leased_tokens),
         )
 
-    async def prefill(self, request: PrefillRequest, faults: FaultPlan | None = None) -> PrefillResult:
-        """Called by the router; returns the ticket (never KV bytes). `faults`: test-only chaos hooks (None unless
-        the config enables them)."""
-        if faults is not None and faults.drop_pull_after_chunks is not None:
-            if not hasattr(self.sender, "cut_pull_after"):
-                raise ServiceError(StatusCode.INVALID_ARGUMENT, "x-overfill-faults: drop_pull_after_chunks needs a KV "
-                                                                f"transport that streams chunks, not "
-                                                                f"{type(self.sender).__name__}")
-            self.sender.cut_pull_after(request.request_id, faults.drop_pull_after_chunks)
-        if faults is not None and faults.delay_send_s > 0:
-            if not hasattr(self.sender, "delay_send"):
-                raise ServiceError(StatusCode.INVALID_ARGUMENT, "x-overfill-faults: delay_send_s needs a process-group "
-                                                                f"KV transport (gloo or nccl), not "
-                                                                f"{type(self.sender).__name__}")
-            self.sender.delay_send(request.request_id, faults.delay_send_s)
+    async def prefill(self, request: PrefillRequest) -> PrefillResult:
+        """Called by the router; returns the ticket (never KV bytes)."""
         return await self.worker.prefill(request)
 
     async def stats(self) -> dict:

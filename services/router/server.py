@@ -30,7 +30,6 @@ from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig
-from overfill.serving.faults import FaultPlan, plan_from_metadata
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
@@ -85,8 +84,6 @@ class GenerationRouter:
         self.config, self.prefill, self.decode = config, prefill, decode
         self.metrics = RouterMetrics()
         self.kv_releaser = lease_releaser(config)
-        if config.faults.enabled:
-            log.warning("faults.enabled: TEST-ONLY chaos hooks are on; any client can stall or break its requests")
         self.replica_counts = ReplicaCounts()
         self.admission_retry = AdmissionRetry(config.decode.admission_retry_s)
         self.num_running = 0
@@ -168,8 +165,7 @@ class GenerationRouter:
         output = []  # the text sent, kept only for server.log_prompts
         try:
             first = True
-            faults = plan_from_metadata(grpc_context.invocation_metadata(), self.config.faults.enabled)
-            async for response in self._generate(request, faults):
+            async for response in self._generate(request):
                 now = time.perf_counter()
                 (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
                 first, previous = False, now
@@ -226,9 +222,7 @@ class GenerationRouter:
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
-    async def _generate(self, request: pb.GenerateRequest,
-                        faults: FaultPlan | None = None) -> AsyncIterator[pb.GenerateResponse]:
-        """`faults`: test-only chaos hooks for this request (None unless the config enables them)."""
+    async def _generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         arrival = time.perf_counter()
         # 1) Validate and tokenize once, on a thread of its own: a long prompt takes seconds (the tokenizer releases
         #    the GIL), and meanwhile the event loop streams every other request's tokens.
@@ -265,8 +259,7 @@ class GenerationRouter:
             # replies, two requests may share one, and one's cleanup must never release the other's KV.
             lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
             sampling = dataclasses.replace(valid.sampling, max_new_tokens=valid.sampling.max_new_tokens - len(sent))
-            result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling),
-                                                       faults)
+            result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling))
             ttft_s = ttft_s or time.perf_counter() - arrival
             head = message([result.first_token], result.finish_reason)
             if head.finish_reason or result.ticket is None:
@@ -282,7 +275,7 @@ class GenerationRouter:
             try:
                 yield head
                 stream, chunk = await admitted_decode_stream(
-                    lambda avoid: self.decode.options(stream=True).generate.remote(result, sampling, faults,
+                    lambda avoid: self.decode.options(stream=True).generate.remote(result, sampling,
                                                                                    avoid_replicas=avoid),
                     rid, self.admission_retry, on_retry=self.metrics.decode_admission_retries.inc)
                 while chunk is not None:
@@ -307,7 +300,6 @@ class GenerationRouter:
                 log.warning("request %s: decode replica lost after %d tokens (%s); migrating", rid, len(sent),
                             type(e).__name__)
                 self.metrics.migrations.inc()
-                faults = faults.after_migration() if faults is not None else None
             finally:
                 if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
                     if stream is not None:

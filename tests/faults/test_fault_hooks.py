@@ -1,49 +1,52 @@
-"""The chaos hooks and the failure paths they reach, without Ray: fault plans, a stalled decode step past
-decode.max_step_s, a KV pull that starts after its lease expired, a KV connection dropped mid-transfer. Every test
-ends with nothing held (slots, leases)."""
+"""Fault injection without Ray: the wrappers of tests/faults/chaos.py around the production workers and transport (a
+stalled decode step past decode.max_step_s, a KV pull that starts after its lease expired, a KV connection dropped
+mid-transfer), and that production code carries no fault hook. Every test ends with nothing held (slots, leases)."""
 
+import ast
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from overfill.engine.runner import ModelRunner
 from overfill.engine.sampling import SamplingParams
+from overfill.serving.config import ConfigError, load_config
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
-from overfill.serving.faults import FAULTS_METADATA_KEY, FaultPlan, plan_from_metadata
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
 from overfill.transport.wire import KVLayout
+from tests.faults.chaos import CuttingKVProxy, FaultPlan, install_decode_faults
 from tests.tiny import tiny_model
 
 EOS = -1  # never sampled: every request runs to max_tokens
+ROOT = Path(__file__).resolve().parents[2]
 
 
-# ---- plans ---------------------------------------------------------------------------------------------------------
+# ---- production code has no fault hook -----------------------------------------------------------------------------
 
-def test_fault_plan_parses_and_refuses_with_the_fault_named():
-    plan = FaultPlan.parse("stall_after_tokens=3, stall_step_s=2.5,drop_pull_after_chunks=0")
-    assert plan == FaultPlan(stall_after_tokens=3, stall_step_s=2.5, drop_pull_after_chunks=0)
+def test_no_production_function_takes_a_fault_plan_and_no_config_or_request_turns_faults_on():
+    hooked = []
+    for path in sorted([*(ROOT / "overfill").rglob("*.py"), *(ROOT / "services").rglob("*.py")]):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs + node.args.posonlyargs]
+                hooked += [f"{path.relative_to(ROOT)}:{node.name}({n})" for n in names
+                           if {"fault", "faults", "chaos"} & set(n.split("_"))]
+        if "x-overfill-faults" in source or "FaultPlan" in source:
+            hooked.append(str(path.relative_to(ROOT)))
+    assert hooked == []
+    with pytest.raises(ConfigError, match="unknown field faults"):
+        load_config(None, ["faults.enabled=true"])
+
+
+def test_a_fault_plan_stalls_the_step_after_its_nth_token_on_as_many_replicas_as_it_says():
+    plan = FaultPlan(stall_after_tokens=3, stall_step_s=2.5)
     assert plan.stall_for(3) == 2.5 and plan.stall_for(2) == 0.0
-    assert plan.after_migration().stall_for(3) == 0.0  # stall_replicas=1: the next replica is spared
-    assert FaultPlan.parse("stall_after_tokens=1,stall_step_s=1,stall_replicas=2").after_migration().stall_for(1) == 1
-    for text, named in [("explode=1", "unknown fault 'explode'"), ("stall_step_s=x", "stall_step_s must be a number"),
-                        ("stall_after_tokens=1.5", "stall_after_tokens must be an integer"),
-                        ("delay_pull_s=-1", "delay_pull_s must be a finite number >= 0"),
-                        ("delay_pull_s=nan", "delay_pull_s must be a finite number >= 0")]:
-        with pytest.raises(ServiceError) as error:
-            FaultPlan.parse(text)
-        assert error.value.code == "INVALID_ARGUMENT" and FAULTS_METADATA_KEY in error.value.message
-        assert named in error.value.message
-
-
-def test_plans_are_ignored_unless_faults_are_enabled():
-    metadata = [(FAULTS_METADATA_KEY, "stall_after_tokens=1,stall_step_s=9"), ("other", "x")]
-    assert plan_from_metadata(metadata, enabled=False) is None
-    assert plan_from_metadata([("other", "x")], enabled=True) is None
-    assert plan_from_metadata(metadata, enabled=True) == FaultPlan(stall_after_tokens=1, stall_step_s=9.0)
+    assert FaultPlan(stall_after_tokens=3, stall_step_s=2.5, stall_replicas=0).stall_for(3) == 0.0
 
 
 # ---- workers -------------------------------------------------------------------------------------------------------
@@ -60,8 +63,19 @@ def workers(runner, lease_ttl_s=30.0, max_step_s=60.0):
     return prefill, decode, sender
 
 
-async def collect(decode, result, sampling, faults=None) -> list[int]:
-    return [t async for chunk in decode.generate(result, sampling, faults) for t in chunk.token_ids]
+async def collect(decode, result, sampling) -> list[int]:
+    return [t async for chunk in decode.generate(result, sampling) for t in chunk.token_ids]
+
+
+def with_faults(decode, plans: dict[str, FaultPlan]) -> list[str]:
+    """The chaos wrappers on a decode worker, plans by lease id; returns the lease ids a step stalled for."""
+    stalled = []
+
+    async def plan_of(lease_id):
+        return plans.get(lease_id)
+
+    install_decode_faults(decode, plan_of, stalled.append)
+    return stalled
 
 
 async def wait_until(condition, timeout_s=5.0) -> bool:
@@ -74,19 +88,20 @@ async def wait_until(condition, timeout_s=5.0) -> bool:
 def test_a_stalled_step_fails_its_requests_at_max_step_s_and_frees_them_when_it_returns(runner):
     prefill, decode, sender = workers(runner, max_step_s=0.3)
     sampling = SamplingParams(max_new_tokens=12)
-    stall = FaultPlan(stall_after_tokens=3, stall_step_s=1.2)
+    stalled_for = with_faults(decode, {"stalled-1": FaultPlan(stall_after_tokens=3, stall_step_s=1.2)})
 
     async def run():
         stalled, bystander = [await prefill.prefill(PrefillRequest(rid, [5, 6, 7, 8], sampling))
                               for rid in ("stalled-1", "bystander-1")]
         seen, started = [], time.monotonic()
         with pytest.raises(ServiceError) as error:
-            async for chunk in decode.generate(stalled, sampling, stall):
+            async for chunk in decode.generate(stalled, sampling):
                 seen += chunk.token_ids
         failed_after = time.monotonic() - started
         assert error.value.code == "DEADLINE_EXCEEDED" and "'stalled-1'" in error.value.message
         assert "decode.max_step_s = 0.3 s" in error.value.message
         assert len(seen) == 2 and failed_after < 1.0  # first token from prefill + one step, then the stall
+        assert stalled_for == ["stalled-1"]
         assert decode.stats()["num_free_slots"] == 1  # the model thread still holds the slot ...
         assert await wait_until(lambda: decode.stats()["num_free_slots"] == 2)  # ... until the step returns
         assert time.monotonic() - started >= 1.2
@@ -106,12 +121,13 @@ async def two_stage(prefill, decode, rid, sampling) -> list[int]:
 
 def test_a_pull_that_starts_after_the_lease_expired_is_aborted(runner):
     prefill, decode, sender = workers(runner, lease_ttl_s=0.2)
+    with_faults(decode, {"late-1": FaultPlan(delay_pull_s=0.4)})
 
     async def run():
         sampling = SamplingParams(max_new_tokens=4)
         result = await prefill.prefill(PrefillRequest("late-1", [5, 6, 7], sampling))
         with pytest.raises(ServiceError) as error:
-            await collect(decode, result, sampling, FaultPlan(delay_pull_s=0.4))
+            await collect(decode, result, sampling)
         assert error.value.code == "ABORTED" and "'late-1'" in error.value.message
         assert "no longer leased" in error.value.message
 
@@ -125,9 +141,11 @@ def test_a_kv_connection_cut_mid_transfer_is_unavailable_and_the_lease_stays_rel
     k, v = (torch.randn(3, 2, 20, 16, generator=generator) for _ in range(2))
     sender = make_sender("grpc", secret="s", chunk_bytes=1024)
     receiver = make_receiver("grpc", secret="s")
+    proxy = CuttingKVProxy(sender.address)  # a failing transport in front of the KV service
+    sender.address = proxy.address         # what tickets name, as the chaos prefill server does
     try:
         ticket = sender.publish("cut-1", k, v)
-        sender.cut_pull_after("cut-1", 2)
+        proxy.cut_after("cut-1", 2)
         expected = KVLayout.of(k)
         with pytest.raises(KVTransferError) as error:
             receiver.pull(ticket, expected)
@@ -138,6 +156,7 @@ def test_a_kv_connection_cut_mid_transfer_is_unavailable_and_the_lease_stays_rel
         assert receiver.release(ticket) and sender.num_leases == 0
     finally:
         receiver.close()
+        proxy.close()
         sender.close()
 
 

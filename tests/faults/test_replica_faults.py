@@ -5,8 +5,9 @@ expired, a decode step stalled past the deadline, and both pools redeployed unde
 status and message (with the request id) within its deadline, Serve replacing the dead replicas, the others serving
 the tokens in-process generation gives, and no lease or slot left on any replica (their accounting, then Prometheus).
 
-Faults that need injection travel with one request as `x-overfill-faults` metadata (overfill/serving/faults.py;
-`faults.enabled` is on in this module only). Replicas are killed with ray.kill on their actor (tests/faults/replicas.py).
+Faults that need injection are armed for one request id (tests/faults/chaos.py): the pools run the chaos servers,
+which wrap the production ones, so a test breaks exactly the request it watches. Replicas are killed with ray.kill
+on their actor (tests/faults/replicas.py).
 Killed replicas are replaced while the next tests run; `test_serve_replaces_every_killed_replica` waits for it.
 """
 
@@ -17,8 +18,7 @@ import time
 import pytest
 
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
-from overfill.serving.config import APP_IMPORT_PATH
-from overfill.serving.faults import FAULTS_METADATA_KEY
+from tests.faults.chaos import CHAOS_IMPORT_PATH, FaultPlan, arm
 from tests.faults.replicas import (
     assert_no_kv_anywhere,
     busy_replica,
@@ -47,7 +47,7 @@ def service(tmp_path_factory):
         tmp_path_factory.mktemp("faults"), "prefill.num_replicas=2", "decode.num_replicas=2",
         f"kv.lease_ttl_s={LEASE_TTL_S}", "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}",
         f"decode.unhealthy_step_s={UNHEALTHY_STEP_S}",
-        "decode.graceful_shutdown_timeout_s=25", "faults.enabled=true",
+        "decode.graceful_shutdown_timeout_s=25", chaos=True,
     ) as service:
         yield {**service, "app": service["config"].server.app_name}
 
@@ -61,8 +61,10 @@ def long_prompt(service, max_tokens: int) -> str:
     return next(p for p in PROMPTS if len(in_process(service, prompt_ids(service, p), max_tokens)) == max_tokens)
 
 
-def faulty_client(service, plan: str, timeout_s: float = 30.0) -> OverFillClient:
-    return OverFillClient(service["address"], timeout_s=timeout_s, metadata=((FAULTS_METADATA_KEY, plan),))
+def faulty_client(service, request_id: str, timeout_s: float = 30.0, **plan) -> OverFillClient:
+    """A client for the request `request_id`, which meets the faults `plan` names (FaultPlan's fields)."""
+    arm(request_id, FaultPlan(**plan))
+    return OverFillClient(service["address"], timeout_s=timeout_s)
 
 
 def assert_serves_correctly(service) -> None:
@@ -90,7 +92,7 @@ def test_a_decode_replica_killed_mid_stream_is_migrated_without_repeating_a_toke
         (p, ids, ref, in_process(service, ids + ref[:stall_at], max_tokens - stall_at))
         for p in candidates for ids in [prompt_ids(service, p)] for ref in [in_process(service, ids, max_tokens)]
         if len(ref) == max_tokens and in_process(service, ids + ref[:stall_at], max_tokens - stall_at) != ref[stall_at:])
-    with faulty_client(service, f"stall_after_tokens={stall_at},stall_step_s=30") as client:
+    with faulty_client(service, "migrate-1", stall_after_tokens=stall_at, stall_step_s=30) as client:
         stream = client.generate(prompt, max_tokens=max_tokens, request_id="migrate-1")
         tokens = read_until(stream, stall_at)  # its decode replica now holds the model thread
         killed = busy_replica(app, "decode", "num_running")
@@ -108,7 +110,7 @@ def test_a_decode_replica_killed_mid_stream_is_migrated_without_repeating_a_toke
 
 def test_a_prefill_replica_killed_between_ticket_and_pull(service):
     app = service["app"]
-    with faulty_client(service, "delay_pull_s=3") as client:  # decode waits 3 s before it pulls
+    with faulty_client(service, "orphaned-1", delay_pull_s=3) as client:  # decode waits 3 s before it pulls
         stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="orphaned-1")
         assert len(next(stream).token_ids) == 1  # the first token: the ticket is out, its KV leased
         kill_replica(app, "prefill", busy_replica(app, "prefill", "num_leases"))
@@ -122,7 +124,7 @@ def test_a_prefill_replica_killed_between_ticket_and_pull(service):
 
 
 def test_a_kv_connection_dropped_mid_transfer(service):
-    with faulty_client(service, "drop_pull_after_chunks=1") as client:  # 1 KiB chunks: the KV takes several
+    with faulty_client(service, "dropped-1", drop_pull_after_chunks=1) as client:  # 1 KiB chunks: several
         with pytest.raises(OverFillError) as error:
             list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="dropped-1"))
     assert error.value.code == "UNAVAILABLE" and "dropped-1" in error.value.message
@@ -134,7 +136,7 @@ def test_a_kv_connection_dropped_mid_transfer(service):
 def test_a_transfer_delayed_past_its_lease_is_aborted(service):
     app = service["app"]
     expired_before = sum(s["leases_expired"] for s in replica_stats(app, "prefill").values())
-    with faulty_client(service, f"delay_pull_s={LEASE_TTL_S + 1}") as client:
+    with faulty_client(service, "late-1", delay_pull_s=LEASE_TTL_S + 1) as client:
         started = time.monotonic()
         with pytest.raises(OverFillError) as error:
             list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="late-1"))
@@ -149,7 +151,7 @@ def test_a_decode_step_stalled_past_the_deadline(service):
     # The client's deadline leaves room for the prefill and the first tokens before the stall, which take seconds on
     # two cores while killed replicas are being replaced (MAX_STEP_S + 1.5 s was seen too short).
     deadline_s = MAX_STEP_S + 10
-    with faulty_client(service, "stall_after_tokens=2,stall_step_s=5.5", timeout_s=deadline_s) as client:
+    with faulty_client(service, "stalled-1", deadline_s, stall_after_tokens=2, stall_step_s=5.5) as client:
         started = time.monotonic()
         with pytest.raises(OverFillError) as error:
             list(client.generate(long_prompt(service, 24), max_tokens=24, request_id="stalled-1"))
@@ -164,7 +166,7 @@ def test_a_decode_replica_stuck_in_a_step_is_replaced(service):
     """A step that never comes back (a wedged device): the request fails at decode.max_step_s, then the replica's
     health check fails past decode.unhealthy_step_s and Serve replaces it while the other replica serves."""
     app = service["app"]
-    with faulty_client(service, "stall_after_tokens=2,stall_step_s=600", timeout_s=MAX_STEP_S + 5) as client:
+    with faulty_client(service, "stuck-1", MAX_STEP_S + 5, stall_after_tokens=2, stall_step_s=600) as client:
         stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="stuck-1")
         read_until(stream, 2)
         stuck = busy_replica(app, "decode", "num_running")
@@ -190,7 +192,7 @@ def test_a_request_refused_at_admission_is_served_by_asking_the_decode_pool_agai
 
     before = retries()
     prompt = PROMPTS[1]
-    with faulty_client(service, "refuse_admission=1") as client:
+    with faulty_client(service, "refused-once", refuse_admission=True) as client:
         reply = client.generate_unary(prompt, max_tokens=12, request_id="refused-once")
     assert list(reply.token_ids) == in_process(service, prompt_ids(service, prompt), 12)
     assert wait_for(lambda: retries() - before in (1, 2), 15), retries() - before
@@ -208,7 +210,7 @@ def test_serve_replaces_every_killed_replica(service):
 def test_a_second_decode_death_ends_the_request_with_unavailable(service):
     app, stall_at = service["app"], 4
     # The two decode replicas that serve it in turn both stall after their 4th token: each is killed there.
-    with faulty_client(service, f"stall_after_tokens={stall_at},stall_step_s=30,stall_replicas=2") as client:
+    with faulty_client(service, "migrate-2", stall_after_tokens=stall_at, stall_step_s=30, stall_replicas=2) as client:
         stream = client.generate(long_prompt(service, 24), max_tokens=24, request_id="migrate-2")
         tokens = read_until(stream, stall_at)
         kill_replica(app, "decode", busy_replica(app, "decode", "num_running"))
@@ -235,7 +237,7 @@ def test_a_rolling_upgrade_of_both_pools_under_load_fails_no_request(service):
     app, config = service["app"], service["config"]
     before = {pool: set(replica_actors(app, pool)) for pool in ("router", "prefill", "decode")}
     references = {p: in_process(service, prompt_ids(service, p), 16) for p in PROMPTS}
-    upgrade = {"applications": [{"import_path": APP_IMPORT_PATH, "deployments": [
+    upgrade = {"applications": [{"import_path": CHAOS_IMPORT_PATH, "deployments": [
         {"name": pool, "ray_actor_options": {"num_cpus": 0.2}} for pool in ("prefill", "decode")]}]}
 
     def upgraded() -> bool:
@@ -258,7 +260,8 @@ def test_a_rolling_upgrade_of_both_pools_under_load_fails_no_request(service):
 
             streams = [asyncio.create_task(stream_forever(worker)) for worker in range(8)]
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(start_service, config, serve_file=upgrade)  # returns once deployed
+            await asyncio.to_thread(start_service, config, serve_file=upgrade,  # returns once deployed
+                                    import_path=CHAOS_IMPORT_PATH)
             assert await asyncio.to_thread(wait_for, upgraded, 120)
             await asyncio.sleep(1.0)
             done.set()
