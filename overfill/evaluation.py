@@ -93,36 +93,58 @@ class EvalSpec:
     device: str = "cpu"
 
 
-def run_eval(spec: EvalSpec, progress: bool = True) -> dict:
+@dataclass
+class Reference:
+    """The full model's greedy outputs on the tasks (what agreement compares with) and its summary row."""
+
+    token_ids: list[list[int]]
+    row: dict
+
+
+def full_reference(spec: EvalSpec, progress: bool = True) -> Reference:
+    tasks = load_tasks(spec.tasks)
+    loaded = load_engine(spec.model, None, ["full"], dtype=spec.dtype, device=spec.device)
+    tokens, row = _engine_mode(loaded, _prompts(loaded, tasks), tasks, "full", spec, progress)
+    row["decoder"] = None
+    return Reference(tokens, row)
+
+
+def run_eval(spec: EvalSpec, progress: bool = True, reference: Reference | None = None) -> dict:
+    """Every mode of every decoder, and the full model's row unless a `reference` computed earlier is given."""
     for mode in spec.modes:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     tasks = load_tasks(spec.tasks)
-    rows, full_tokens = [], None
+    rows = []
+    if reference is None:
+        reference = full_reference(spec, progress)
+        rows.append(reference.row)
+    decoder_modes = [m for m in spec.modes if m != "full"]
     for decoder in spec.decoders:
-        loaded = load_engine(spec.model, decoder, ["overfill", "full"], dtype=spec.dtype, device=spec.device)
-        tokenizer = loaded.tokenizer
-        prompts = [tokenizer(render_chat(tokenizer, t.messages), add_special_tokens=False)["input_ids"] for t in tasks]
-        if full_tokens is None:  # the reference, once: the full model's greedy outputs
-            full_tokens, full_row = _engine_mode(loaded, prompts, tasks, "full", spec, progress)
-            full_row["decoder"] = None
-            rows.append(full_row)
-        for mode in spec.modes:
-            if mode == "full":
-                continue
+        # speculative (and refresh) need the full model next to the decoder, as overfill does
+        engine_modes = [{"speculative": "overfill"}.get(m, m) for m in decoder_modes]
+        engine_modes += ["overfill"] if spec.refresh_every or not engine_modes else []
+        loaded = load_engine(spec.model, decoder, engine_modes, dtype=spec.dtype, device=spec.device)
+        prompts = _prompts(loaded, tasks)
+        for mode in decoder_modes:
             if mode == "speculative":
                 tokens, row = _speculative(loaded, prompts, tasks, spec, progress)
             else:
                 tokens, row = _engine_mode(loaded, prompts, tasks, mode, spec, progress)
             row["decoder"] = str(decoder)
-            row["agreement"] = statistics.mean(agreement(t, r) for t, r in zip(tokens, full_tokens))
+            row["agreement"] = statistics.mean(agreement(t, r) for t, r in zip(tokens, reference.token_ids))
             rows.append(row)
         if spec.refresh_every and "overfill" in spec.modes:
             tokens, row = _engine_mode(loaded, prompts, tasks, "overfill", spec, progress, spec.refresh_every)
             row.update(mode=f"overfill+refresh{spec.refresh_every}", decoder=str(decoder),
-                       agreement=statistics.mean(agreement(t, r) for t, r in zip(tokens, full_tokens)))
+                       agreement=statistics.mean(agreement(t, r) for t, r in zip(tokens, reference.token_ids)))
             rows.append(row)
     return {"spec": asdict(spec), "num_tasks": len(tasks), "rows": rows}
+
+
+def _prompts(loaded, tasks: list[Task]) -> list[list[int]]:
+    tokenizer = loaded.tokenizer
+    return [tokenizer(render_chat(tokenizer, t.messages), add_special_tokens=False)["input_ids"] for t in tasks]
 
 
 def _summary(mode: str, outputs_text: list[str], tasks: list[Task], ttfts: list[float], tpots: list[float]) -> dict:

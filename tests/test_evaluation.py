@@ -62,3 +62,33 @@ def test_eval_runs_every_mode_and_plots(tiny_dir, tmp_path, capsys):
     assert rows["speculative"]["ttft_ms"] is None and rows["overfill"]["tpot_ms"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "speculative" in capsys.readouterr().out
+
+
+def test_decoders_bench_builds_scores_and_resumes(tiny_dir, tmp_path, capsys):
+    """`overfill bench decoders` on a tiny model: every variant scored, a table, JSON and PNG; run again, it reuses
+    every decoder and score it kept."""
+    from overfill.cli.main import main
+    from tests.test_training import CONVERSATIONS
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "answer": a, "match": "contains"})
+                             + "\n" for q, a in [("What is 2+2?", "4"), ("Capital of France?", "Paris")]))
+    out = tmp_path / "decoders.json"
+    args = ["bench", "decoders", "--model", str(tiny_dir), "--fractions", "0.6", "--work", str(tmp_path / "work"),
+            "--tasks", str(tasks), "--steps", "2", "--max-new-tokens", "4", "--json", str(out),
+            "--data", str(data), "--calibration", str(data)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    variants = [r["variant"] for r in result["rows"]]
+    assert variants == ["full model", "none, untrained", "none, trained", "lstsq, untrained", "lstsq, trained",
+                        "lstsq, trained as Pruned (baseline)"]
+    full, *decoders = result["rows"]
+    assert full["agreement"] == 1.0 and all(r["parameters"] <= 0.6 * full["parameters"] for r in decoders)
+    assert all(r["trained_tokens"] > 0 for r in decoders if "untrained" not in r["variant"])
+    assert all(set(r["tpot_ms"]) == {"1", "8"} for r in result["rows"])
+    assert out.with_suffix(".png").stat().st_size > 0 and "lstsq, trained" in capsys.readouterr().out
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*.safetensors")}
+    assert main(args) == 0  # resumed: nothing built or trained again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*.safetensors")} == stamps

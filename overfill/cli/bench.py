@@ -57,6 +57,22 @@ def add_parser(subparsers) -> None:
     memory.add_argument("--json", type=Path, help="write the results here (and the plot next to it, .png)")
     memory.set_defaults(run=run_prefill_memory)
 
+    decoders = sub.add_parser("decoders", help="accuracy/agreement/TPOT of decoders by parameter fraction: "
+                                               "reconstruction, training and the Pruned baseline (table, JSON, PNG)")
+    decoders.add_argument("--model", default="smollm2-135m")
+    decoders.add_argument("--fractions", type=lambda t: [float(x) for x in t.split(",") if x],
+                          default=[0.5, 0.6, 0.7, 0.8])
+    decoders.add_argument("--work", type=Path, required=True,
+                          help="directory for the decoders and scores (an interrupted run resumes from it)")
+    decoders.add_argument("--tasks", help="eval tasks JSONL (default: the shipped eval tasks)")
+    decoders.add_argument("--steps", type=int, help="training steps per decoder (default: the default recipe's)")
+    decoders.add_argument("--data", help="JSONL conversations to train on (default: the shipped set)")
+    decoders.add_argument("--calibration", action="append",
+                          help="calibration JSONL, repeatable (default: the shipped calibration set and the data)")
+    decoders.add_argument("--max-new-tokens", type=int, default=32)
+    decoders.add_argument("--json", type=Path, help="write the results here (and the plot next to it, .png)")
+    decoders.set_defaults(run=run_decoders)
+
     service = sub.add_parser("service", help="service TTFT and decode throughput vs in-process, KV transfer GB/s")
     service.add_argument("--config", default="deploy/local.yaml")
     service.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -112,6 +128,29 @@ def _save(result: dict, path: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
         print(f"saved {path}")
+
+
+def run_decoders(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from importlib import resources
+
+    from overfill.bench.decoders import DecodersBenchSpec, format_report, plot_decoders, run_decoders_bench
+    from overfill.default_decoder import DEFAULT_RECIPE
+
+    overrides = {name: getattr(args, name) for name in ("steps", "data") if getattr(args, name)}
+    if args.calibration:
+        overrides["calibration"] = tuple(args.calibration)
+    base = replace(DEFAULT_RECIPE, model=args.model, **overrides)
+    tasks = args.tasks or str(resources.files("overfill") / "data" / "eval_tasks.jsonl")
+    result = run_decoders_bench(DecodersBenchSpec(fractions=args.fractions, work=args.work, tasks=tasks, base=base,
+                                                  max_new_tokens=args.max_new_tokens))
+    print(format_report(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        plot_decoders(result, args.json.with_suffix(".png"))
+        print(f"saved {args.json} and {args.json.with_suffix('.png')}")
+    return 0
 
 
 def run_service(args: argparse.Namespace) -> int:
