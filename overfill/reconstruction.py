@@ -1,7 +1,7 @@
 """Reconstruction: cut the decoder layer by layer and re-fit what was cut, in closed form, where OverFill decodes.
 
 The decoder only ever computes the tokens after the prompt, attending to the full model's KV for the prompt
-(docs/architecture.md, "Two-stage generation"). Calibration therefore runs in that setting: each sample is a prompt
+(docs/architecture.md, "The two-stage step"). Calibration therefore runs in that setting: each sample is a prompt
 (positions the full model computes) followed by the tokens the decoder computes, and only the latter enter a fit.
 
 Both models advance together, one layer at a time, over every calibration batch:

@@ -1,8 +1,8 @@
 """The decoder's training loss in both modes, on batches of (prompt, response) examples.
 
 overfill  The full model (frozen, eval, no grad) reads the prompt; the decoder is teacher-forced on the response with
-          the full model's prompt KV as its past, as it decodes at inference (docs/architecture.md, "Two-stage
-          generation"). It never sees a prompt token. At inference the full model samples r_0, so the decoder learns
+          the full model's prompt KV as its past, as it decodes at inference (docs/architecture.md, "The
+          two-stage step"). It never sees a prompt token. At inference the full model samples r_0, so the decoder learns
           r_1 .. r_{n-1} from r_0 .. r_{n-2}.
 pruned    The baseline: the same decoder reads prompt + response itself and learns r_0 .. r_{n-1}.
 
