@@ -127,7 +127,6 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
     `serve run deploy/local.yaml` and KubeRay take, so deployment overrides and autoscaling policies apply) and wait
     until it serves. `serve_file` is the parsed deploy file `config` came from, if any; `import_path` the
     application's builder. Returns the config with its resolved secret."""
-    import ray
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -135,15 +134,7 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
     prepare_models(config)  # once here, not in every replica
     serve_config = serve_config_of(config, serve_file, import_path)
     schema = ServeDeploySchema.model_validate(serve_config)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        refuse_ports_in_use(config, http_host=serve_config["http_options"]["host"])
-        # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
-        os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
-        # KV demand changes within seconds: replicas report their autoscaling metrics every 2 s, not every 10 s.
-        os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
-        ray.init(include_dashboard=False, logging_level=logging.WARNING,
-                 _metrics_export_port=config.server.metrics_port, **(ray_init_kwargs or {}))
+    started_ray = start_ray(config, ray_init_kwargs, http_host=serve_config["http_options"]["host"])
     try:
         # NOTE: what `serve run CONFIG.yaml` does (ray/serve/scripts.py): start the proxies, hand the config over.
         client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
@@ -158,6 +149,23 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
             stop_service()
         raise
     return config
+
+
+def start_ray(config: ServiceConfig, ray_init_kwargs: dict | None = None, http_host: str = "127.0.0.1") -> bool:
+    """Start a local Ray cluster for `config` (its metrics port; the service's ports refused if taken), unless one is
+    up already (then Serve's proxies keep the ports they were started with). True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    refuse_ports_in_use(config, http_host=http_host)
+    # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
+    # KV demand changes within seconds: replicas report their autoscaling metrics every 2 s, not every 10 s.
+    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=config.server.metrics_port,
+             **(ray_init_kwargs or {}))
+    return True
 
 
 def refuse_ports_in_use(config: ServiceConfig, http_host: str) -> None:

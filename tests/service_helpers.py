@@ -1,5 +1,6 @@
-"""Shared by the tests that start the service on a local Ray cluster: tiny models on disk, a config with free ports,
-waiting for a condition, and the leak check every service test ends with."""
+"""Shared by the tests that start the service: tiny models on disk, a config on the session's ports, the session's
+one Ray cluster and Serve instance (each module deploys its application on it and deletes it afterwards), waiting
+for a condition, and the leak check every service test ends with."""
 
 from __future__ import annotations
 
@@ -64,16 +65,35 @@ def build_tiny_models(root: Path) -> tuple[Path, Path]:
     return full_dir, root / "decoder"
 
 
+@functools.cache
+def session_ports() -> tuple[str, ...]:
+    """The gRPC, HTTP and metrics ports of this test session, as overrides. One Ray cluster and one Serve instance
+    serve the whole session, and Serve's proxies (like Ray's metrics export) keep the ports they started with, so
+    every service the tests deploy uses these."""
+    return (f"server.grpc_port={free_port()}", f"server.http_port={free_port()}",
+            f"server.metrics_port={free_port()}")
+
+
 def tiny_service_config(full_dir: Path, decoder_dir: Path, *overrides: str) -> ServiceConfig:
-    """Small limits, a quarter CPU per replica, free ports and no API keys (auth.enabled=false: the ingress tests
-    turn it on); later overrides win."""
+    """Small limits, a quarter CPU per replica, the session's ports and no API keys (auth.enabled=false: the ingress
+    tests turn it on); later overrides win."""
     return load_config(None, [
-        "auth.enabled=false",
-        f"models.full={full_dir}", f"models.decoder={decoder_dir}", f"server.grpc_port={free_port()}",
-        f"server.http_port={free_port()}", f"server.metrics_port={free_port()}", "server.max_context_tokens=256",
-        "server.max_tokens_limit=64", "server.default_max_tokens=16", "decode.num_slots=4", "decode.max_waiting=16",
-        "prefill.num_cpus=0.25", "decode.num_cpus=0.25", "server.num_cpus=0.25", *overrides,
+        "auth.enabled=false", f"models.full={full_dir}", f"models.decoder={decoder_dir}", *session_ports(),
+        "server.max_context_tokens=256", "server.max_tokens_limit=64", "server.default_max_tokens=16",
+        "decode.num_slots=4", "decode.max_waiting=16", "prefill.num_cpus=0.25", "decode.num_cpus=0.25",
+        "server.num_cpus=0.25", *overrides,
     ])
+
+
+RAY_INIT = {"num_cpus": 2}  # the session's Ray cluster: two CPUs, as on the CI machine
+
+
+def session_ray() -> None:
+    """The session's Ray cluster, started on first use (as start_service would start it: the session's metrics port,
+    Serve's environment) and stopped at the end of the session (tests/conftest.py)."""
+    from services.app import start_ray
+
+    start_ray(load_config(None, list(session_ports())), RAY_INIT)
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> bool:
@@ -99,26 +119,67 @@ def assert_no_kv_left(config: ServiceConfig, timeout_s: float = 10.0) -> None:
         pool_stats(config, "decode")
 
 
+HEALTH_CHECK_PERIOD_S = 1.0  # Serve notices a dead pool replica at its next health check (10 s by default)
+
+
+def serve_file_for_tests(import_path: str = APP_IMPORT_PATH, env_vars: dict[str, str] | None = None,
+                    deployments: list[dict] = ()) -> dict:
+    """The Ray Serve config the tests deploy with: the pools health-checked every HEALTH_CHECK_PERIOD_S (so a
+    killed replica is replaced at once), `deployments` options on top, and `env_vars` for the application's
+    processes (the cluster is up already: its environment is the session's)."""
+    options = {name: {"name": name, "health_check_period_s": HEALTH_CHECK_PERIOD_S} for name in ("prefill", "decode")}
+    for deployment in deployments:
+        options[deployment["name"]] = {**options.get(deployment["name"], {}), **deployment}
+    app = {"import_path": import_path, "deployments": list(options.values())}
+    if env_vars:
+        app["runtime_env"] = {"env_vars": dict(env_vars)}
+    return {"applications": [app]}
+
+
 @contextmanager
-def tiny_service(root: Path, *overrides: str, chaos: bool = False) -> Iterator[dict]:
-    """The service on tiny models (`tiny_service_config` plus `overrides`) on a local Ray cluster of 2 CPUs, stopped
-    afterwards. Yields {"address", "config" (with its resolved secret), "engine" (the in-process reference)}.
-    `chaos`: the pools run the fault-injecting servers of tests/faults/chaos.py (a test arms faults per request)."""
-    from overfill.engine.loader import load_engine
-    from services.app import start_service, stop_service
+def tiny_service(models: tuple[Path, Path], *overrides: str, chaos: bool = False,
+                 serve_file: dict | None = None) -> Iterator[dict]:
+    """The service on tiny models (`tiny_service_config` plus `overrides`), deployed on the session's Ray cluster
+    (started if need be) and deleted afterwards. Yields {"address", "config" (with its resolved secret), "engine"
+    (the in-process reference), "full_dir"}. `chaos`: the pools run the fault-injecting servers of
+    tests/faults/chaos.py (a test arms faults per request). `serve_file`: the Serve config (serve_file_for_tests()'s by
+    default), its application's import_path chosen by `chaos`."""
+    from services.app import start_service
     from tests.faults.chaos import CHAOS_IMPORT_PATH, board
 
-    full_dir, decoder_dir = build_tiny_models(root)
+    full_dir, decoder_dir = models
     import_path = CHAOS_IMPORT_PATH if chaos else APP_IMPORT_PATH
-    config = start_service(tiny_service_config(full_dir, decoder_dir, *overrides), ray_init_kwargs={"num_cpus": 2},
+    serve_file = serve_file or serve_file_for_tests()
+    for app in serve_file["applications"]:
+        app["import_path"] = import_path
+    session_ray()
+    config = start_service(tiny_service_config(full_dir, decoder_dir, *overrides), serve_file=serve_file,
                            import_path=import_path)
     if chaos:
         board()  # where the tests arm faults and the chaos servers look them up
     try:
-        yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config,
-               "engine": load_engine(str(full_dir), str(decoder_dir), ["overfill"])}
+        yield {"address": f"127.0.0.1:{config.server.grpc_port}", "config": config, "full_dir": full_dir,
+               "engine": reference_engine(full_dir, decoder_dir)}
     finally:
-        stop_service()
+        delete_service(config)
+
+
+def delete_service(config: ServiceConfig) -> None:
+    """Delete the application (its replicas stop; Ray and Serve stay up for the next module) and its TLS front."""
+    from ray import serve
+
+    from services import tls_front
+
+    tls_front.stop()
+    serve.delete(config.server.app_name)
+
+
+@functools.cache
+def reference_engine(full_dir: Path, decoder_dir: Path):
+    """The in-process engine on the same tiny models (loaded once per session)."""
+    from overfill.engine.loader import load_engine
+
+    return load_engine(str(full_dir), str(decoder_dir), ["overfill"])
 
 
 EIGHT_PROMPTS = [f"{word} is a word" for word in ["alpha", "bravo", "charlie", "delta", "echo", "fox", "golf", "hotel"]]

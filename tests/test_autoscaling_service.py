@@ -8,7 +8,7 @@ import pytest
 
 from overfill.client import AsyncOverFillClient, OverFillClient
 from services.app import read_serve_file
-from tests.service_helpers import assert_no_kv_left, build_tiny_models, tiny_service_config, wait_for
+from tests.service_helpers import assert_no_kv_left, tiny_service, wait_for
 
 pytestmark = [
     pytest.mark.service,
@@ -19,26 +19,17 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, monkeypatch_module):
-    from services.app import start_service, stop_service
-
-    # Replicas report their autoscaling metrics every second instead of every ten.
-    monkeypatch_module.setenv("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+def service(service_models):
     serve_file = read_serve_file("deploy/local.yaml")
-    (decode,) = serve_file["applications"][0]["deployments"]
+    (app,) = serve_file["applications"]
+    (decode,) = app["deployments"]
     decode["autoscaling_config"].update(upscale_delay_s=0, downscale_delay_s=2, look_back_period_s=2)
-    full_dir, decoder_dir = build_tiny_models(tmp_path_factory.mktemp("autoscaling"))
-    config = tiny_service_config(full_dir, decoder_dir, "decode.num_slots=2", "decode.max_waiting=64",
-                                 "server.max_tokens_limit=128")
-    config = start_service(config, ray_init_kwargs={"num_cpus": 2}, serve_file=serve_file)
-    yield config
-    stop_service()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+    # Replicas report their autoscaling metrics every second instead of every ten (an environment variable of the
+    # application's processes: the session's cluster is up already).
+    app["runtime_env"] = {"env_vars": {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}}
+    with tiny_service(service_models, "decode.num_slots=2", "decode.max_waiting=64", "server.max_tokens_limit=128",
+                      serve_file=serve_file) as service:
+        yield service["config"]
 
 
 def replicas(config) -> dict[str, int]:

@@ -7,11 +7,10 @@ import pytest
 
 from overfill.bench.prefill_memory import PrefillMemorySpec
 from overfill.cli.main import main
-from tests.service_helpers import build_tiny_models
 
 
-def test_the_bench_runs_each_variant_and_writes_table_json_and_plot(tmp_path, capsys):
-    full_dir, _ = build_tiny_models(tmp_path)
+def test_the_bench_runs_each_variant_and_writes_table_json_and_plot(tmp_path, capsys, service_models):
+    full_dir, _ = service_models
     out = tmp_path / "memory.json"
     assert main(["bench", "prefill-memory", "--model", str(full_dir), "--cache-entries", "0,8", "--num-requests",
                  "60", "--warmup", "10", "--prompt-lens", "5-30", "--json", str(out)]) == 0

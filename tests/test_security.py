@@ -232,10 +232,8 @@ class _FailingPrefill:
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    from tests.service_helpers import build_tiny_models
-
-    return build_tiny_models(tmp_path_factory.mktemp("security"))
+def tiny_models(service_models):
+    return service_models
 
 
 def in_process_router(tiny_models, monkeypatch, *overrides):

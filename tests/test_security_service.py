@@ -1,4 +1,4 @@
-"""Security of the running service (one tiny local Ray cluster for the module): API keys at the ingress (from a file
+"""Security of the running service (one tiny application for the module): API keys at the ingress (from a file
 and from the environment), TLS through the front (services/tls_front.py) with a self-signed certificate made here,
 and no prompt in any log file the cluster wrote."""
 
@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 import pytest
 
 from overfill.client import AsyncOverFillClient, OverFillClient, OverFillError
-from tests.service_helpers import assert_no_kv_left, build_tiny_models, free_port, tiny_service_config, wait_for
+from tests.service_helpers import assert_no_kv_left, free_port, serve_file_for_tests, tiny_service, wait_for
 
 pytestmark = pytest.mark.service
 
@@ -50,29 +49,24 @@ def write_self_signed_certificate(root: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, service_models):
     import ray
 
-    from services.app import start_service, stop_service
-
     root = tmp_path_factory.mktemp("security-service")
-    full_dir, decoder_dir = build_tiny_models(root)
     cert, key = write_self_signed_certificate(root)
     keys_file = root / "api-keys"
     keys_file.write_text(f"# keys of the test service\n\n{FILE_KEY}\n")
-    os.environ[KEYS_ENV] = ENV_KEY  # before Ray starts: its processes inherit the environment
     tls_port = free_port()
-    config = tiny_service_config(full_dir, decoder_dir, "auth.enabled=true", f"auth.api_keys_file={keys_file}",
-                                 f"auth.api_keys_env={KEYS_ENV}", f"server.tls_cert_file={cert}",
-                                 f"server.tls_key_file={key}", f"server.tls_port={tls_port}")
-    try:
-        config = start_service(config, ray_init_kwargs={"num_cpus": 2})
+    # The environment key reaches the router's process through the application's environment (the session's
+    # cluster is up already, with an environment of its own).
+    serve_file = serve_file_for_tests(env_vars={KEYS_ENV: ENV_KEY})
+    with tiny_service(service_models, "auth.enabled=true", f"auth.api_keys_file={keys_file}",
+                      f"auth.api_keys_env={KEYS_ENV}", f"server.tls_cert_file={cert}", f"server.tls_key_file={key}",
+                      f"server.tls_port={tls_port}", serve_file=serve_file) as service:
+        config = service["config"]
         logs_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
         yield {"plain": f"127.0.0.1:{config.server.grpc_port}", "tls": f"127.0.0.1:{tls_port}", "cert": cert,
                "config": config, "logs_dir": logs_dir}
-    finally:
-        stop_service()
-        os.environ.pop(KEYS_ENV, None)
 
 
 def refused(call) -> OverFillError:

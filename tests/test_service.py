@@ -1,6 +1,8 @@
 """The service end to end on a local Ray cluster with tiny models: gRPC API, routing, KV pulled over gRPC,
-cancellation, lease expiry and error statuses. One cluster for the module."""
+cancellation, lease expiry, error statuses, Prometheus metrics, and `overfill loadtest` against it. One application
+for the module."""
 
+import glob
 import json
 import time
 
@@ -10,19 +12,25 @@ import torch
 from overfill.client import OverFillClient, OverFillError
 from overfill.engine.sampling import SamplingParams
 from tests.service_helpers import assert_no_kv_left as assert_no_kv_left_in
-from tests.service_helpers import EIGHT_PROMPTS, concurrent_greedy, in_process, tiny_service, wait_for
+from tests.faults.replicas import exported_replicas, metric, scrape
+from tests.service_helpers import (EIGHT_PROMPTS, concurrent_greedy, in_process, session_ray, tiny_service,
+                                   tiny_service_config, wait_for)
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(service_models):
     from ray import serve
 
-    with tiny_service(tmp_path_factory.mktemp("service"), f"kv.lease_ttl_s={LEASE_TTL_S}") as service:
+    session_ray()
+    # The session's cluster may export the metrics of earlier modules' replicas: this module looks at its own only.
+    earlier = exported_replicas(tiny_service_config(*service_models))
+    with tiny_service(service_models, f"kv.lease_ttl_s={LEASE_TTL_S}") as service:
         app = service["config"].server.app_name
-        yield {**service, "handles": {pool: serve.get_deployment_handle(pool, app) for pool in ("prefill", "decode")}}
+        yield {**service, "earlier_replicas": earlier,
+               "handles": {pool: serve.get_deployment_handle(pool, app) for pool in ("prefill", "decode")}}
 
 
 def stats(service, pool):
@@ -132,31 +140,57 @@ def test_deadline_is_honoured_and_frees_kv(service):
 
 
 def test_prometheus_metrics_are_exported(service):
-    import urllib.request
-
+    config, earlier = service["config"], service["earlier_replicas"]
     with OverFillClient(service["address"]) as client:
         list(client.generate("metrics please", max_tokens=8))
-    url = f"http://127.0.0.1:{service['config'].server.metrics_port}/metrics"
 
-    def scrape() -> str:
-        try:
-            return urllib.request.urlopen(url, timeout=5).read().decode()
-        except OSError:
-            return ""
+    def ours() -> list[tuple[str, dict, float]]:
+        """This module's replicas' samples (the session's cluster may still export earlier modules')."""
+        return [sample for sample in scrape(config) if sample[1].get("replica", "") not in earlier]
 
-    def count(text: str, name: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(f"ray_{name}_count{{"))
+    def count(samples, name: str) -> float:
+        return sum(metric(samples, f"ray_{name}_count").values())
 
-    assert wait_for(lambda: count(scrape(), "overfill_time_to_first_token_seconds") > 0
-                    and count(scrape(), "overfill_inter_token_latency_seconds") > 0
-                    and count(scrape(), "overfill_kv_transfer_seconds") > 0, timeout_s=60)
-    names = ("overfill_e2e_request_latency_seconds_bucket", "overfill_num_requests_running",
-             "overfill_num_requests_waiting", "overfill_kv_cache_usage_perc", "overfill_generation_tokens",
-             "overfill_prompt_tokens", 'role="decode"', 'role="prefill"')
+    assert wait_for(lambda: count(ours(), "overfill_time_to_first_token_seconds") > 0
+                    and count(ours(), "overfill_inter_token_latency_seconds") > 0
+                    and count(ours(), "overfill_kv_transfer_seconds") > 0, timeout_s=60)
+    names = ("ray_overfill_e2e_request_latency_seconds_bucket", "ray_overfill_num_requests_running",
+             "ray_overfill_num_requests_waiting", "ray_overfill_kv_cache_usage_perc",
+             "ray_overfill_generation_tokens_total", "ray_overfill_prompt_tokens_total")
+
+    def missing() -> list[str]:
+        samples = ours()
+        found = {name for name, _, _ in samples} | {f"role={labels['role']}" for _, labels, _ in samples
+                                                    if "role" in labels}
+        return [name for name in (*names, "role=decode", "role=prefill") if name not in found]
+
     # Each replica exports on its own schedule: wait until every one has (a gauge may lag a histogram).
-    assert wait_for(lambda: all(name in scrape() for name in names), timeout_s=60), \
-        [name for name in names if name not in scrape()]
-    text = scrape()
+    assert wait_for(lambda: not missing(), timeout_s=60), missing()
     if not torch.cuda.is_available():
-        assert "overfill_gpu_" not in text  # absent, not zero, without a GPU
+        assert not any(name.startswith("ray_overfill_gpu_") for name, _, _ in scrape(config))  # absent, not zero
+
+
+def test_loadtest_against_the_local_service(service, tmp_path, capsys):
+    """`overfill loadtest` against the real service: ten requests, prompts of exact token lengths from the served
+    model's own tokenizer, replicas per pool read from Health, and no KV left."""
+    from overfill.cli.main import main
+
+    assert main(["loadtest", "--target", service["address"], "--num-prompts", "10", "--request-rate", "20",
+                 "--max-concurrency", "4", "--random-input-len", "16", "--random-output-len", "8",
+                 "--num-warmups", "1", "--goodput", "ttft:60000", "--save-result", "--save-detailed",
+                 "--result-dir", str(tmp_path), "--disable-tqdm"]) == 0
+    assert "Successful requests:                     10" in capsys.readouterr().out
+    (path,) = glob.glob(f"{tmp_path}/*.json")
+    result = json.loads(open(path).read())
+    assert result["completed"] == 10 and result["failed"] == 0 and result["errors_by_code"] == {}
+    # The served model's tokenizer (found through GetModelInfo) makes prompts of exactly 16 tokens, as the service
+    # counts them.
+    assert result["token_source"] == "tokenizer" and result["tokenizer_id"] == str(service["full_dir"])
+    assert result["input_lens"] == [16] * 10 and result["total_input_tokens"] == 160
+    assert all(1 <= n <= 8 for n in result["output_lens"])
+    assert result["total_output_tokens"] == sum(result["output_lens"])
+    assert all(t > 0 for t in result["ttfts"]) and result["mean_e2el_ms"] >= result["mean_ttft_ms"] > 0
+    assert result["slo_attainment_pct"] == 100.0
+    replicas = [s["replicas"] for s in result["time_series"] if s["replicas"]]
+    assert replicas and all(r["prefill"] >= 1 and r["decode"] >= 1 for r in replicas)
+    assert_no_kv_left(service)

@@ -1,7 +1,7 @@
 """The service end to end with `kv.transport=gloo`: KV metadata over the gRPC KV service, bytes over a 2-rank gloo
 process group between the prefill and the decode replica (the CPU twin of the NCCL path). Greedy output equals the
 in-process engine, concurrent streams share one cached group, a prefill replica that dies mid-transfer fails only its
-request, and no KV is left. One cluster for the module; its pools run the chaos servers (tests/faults/chaos.py), so
+request, and no KV is left. One application for the module; its pools run the chaos servers (tests/faults/chaos.py), so
 the last test can hold one request's bytes back."""
 
 import time
@@ -18,9 +18,8 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    with tiny_service(tmp_path_factory.mktemp("service-gloo"), "kv.transport=gloo", "kv.transfer_timeout_s=20",
-                      chaos=True) as service:
+def service(service_models):
+    with tiny_service(service_models, "kv.transport=gloo", "kv.transfer_timeout_s=20", chaos=True) as service:
         yield service
 
 

@@ -11,9 +11,8 @@ import pytest
 
 from overfill.serving.config import ConfigError, load_config
 import services.app
-from services.app import refuse_ports_in_use, start_service
-from tests.service_helpers import (build_tiny_models, free_port, ports_outside_the_ephemeral_range,
-                                   tiny_service_config)
+from services.app import refuse_ports_in_use, start_service, stop_service
+from tests.service_helpers import free_port, ports_outside_the_ephemeral_range, tiny_service_config
 
 
 def config_on_free_ports(*overrides: str):
@@ -61,14 +60,15 @@ def test_test_ports_lie_outside_the_ephemeral_range():
 
 
 @pytest.mark.service
-def test_a_start_that_fails_after_ray_started_leaves_no_ray_behind(tmp_path: Path, monkeypatch):
+def test_a_start_that_fails_after_ray_started_leaves_no_ray_behind(service_models, monkeypatch):
     import ray
 
     def never_serving(address: str, app_name: str) -> None:
         raise TimeoutError(f"the service at {address} did not become healthy")
 
     monkeypatch.setattr(services.app, "wait_until_serving", never_serving)
-    config = tiny_service_config(*build_tiny_models(tmp_path))
+    config = tiny_service_config(*service_models)
+    stop_service()  # the session's cluster, if a module before started it: this start must start its own Ray
     assert not ray.is_initialized()
     with pytest.raises(TimeoutError, match="did not become healthy"):
         start_service(config, ray_init_kwargs={"num_cpus": 2})

@@ -403,15 +403,13 @@ def test_a_cancelled_waiting_request_stops_renewing_and_gives_no_slot_away(model
     prefill.close(), decode.close(), sender.close()
 
 
-def test_a_decode_replica_names_itself_in_a_refusal_and_admits_as_the_last_choice(tmp_path):
+def test_a_decode_replica_names_itself_in_a_refusal_and_admits_as_the_last_choice(service_models):
     """services/decode without Ray: the refusal carries the replica's id (the router's next call names it, so the
     decode request router ranks it last); a call that names it already admits the request despite the slow step."""
     from overfill.serving.config import load_config
     from services.decode.server import DecodeServer
     from services.prefill.server import PrefillServer
-    from tests.service_helpers import build_tiny_models
-
-    full_dir, decoder_dir = build_tiny_models(tmp_path)
+    full_dir, decoder_dir = service_models
     config = load_config(None, [f"models.full={full_dir}", f"models.decoder={decoder_dir}", "decode.slow_step_s=0.2",
                                 "decode.num_slots=2"]).with_secret()
     prefill, decode = PrefillServer(config), DecodeServer(config)

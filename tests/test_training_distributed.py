@@ -23,11 +23,9 @@ ANSWERS = ["Blue.", "One, two, three, four, five.", "Two plus two is four.", "He
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
+    from tests.service_helpers import session_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    session_ray()  # the test session's one Ray cluster (2 CPUs), shut down at the end of the session
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,18 @@ def add_parser(subparsers) -> None:
     service.add_argument("--json", type=Path, help="write the results here")
     service.set_defaults(run=run_service)
 
+    overload = sub.add_parser("overload", help="bursts of many times what the service admits: refusal latency and "
+                                               "replica memory against thresholds (exit 1 past them)")
+    overload.add_argument("--config", default="deploy/local.yaml")
+    overload.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                          help="after the bench's small queues (overfill/bench/overload.py SMALL_LIMITS)")
+    overload.add_argument("--multiple", type=int, default=10, help="a burst is this many times the capacity")
+    overload.add_argument("--bursts", type=int, default=2, help="bursts (>= 2: memory is compared to the first's)")
+    overload.add_argument("--max-refusal-p50-s", type=float, default=1.0)
+    overload.add_argument("--max-rss-growth-mib", type=float, default=48.0)
+    overload.add_argument("--json", type=Path, help="write the results here")
+    overload.set_defaults(run=run_overload)
+
 
 def run_decode(args: argparse.Namespace) -> int:
     from overfill.bench.decode import DecodeBenchSpec, format_report, run_decode_bench
@@ -121,6 +133,18 @@ def run_prefill_memory(args: argparse.Namespace) -> int:
         plot(result, args.json.with_suffix(".png"))
         print(f"saved {args.json.with_suffix('.png')}")
     return 0
+
+
+def run_overload(args: argparse.Namespace) -> int:
+    from overfill.bench.overload import OverloadBenchSpec, format_report, run_overload_bench
+
+    spec = OverloadBenchSpec(config=args.config, overrides=args.overrides, multiple=args.multiple,
+                             bursts=args.bursts, max_refusal_p50_s=args.max_refusal_p50_s,
+                             max_rss_growth_mib=args.max_rss_growth_mib)
+    result = run_overload_bench(spec)
+    print(format_report(result))
+    _save(result, args.json)
+    return 0 if all(check["pass"] for check in result["checks"].values()) else 1
 
 
 def _save(result: dict, path: Path | None) -> None:

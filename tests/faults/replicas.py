@@ -101,11 +101,19 @@ def scrape(config: ServiceConfig) -> list[tuple[str, dict[str, str], float]]:
     return samples
 
 
-def metric(samples, name: str, **labels: str) -> dict[str, float]:
-    """{replica id: value} of one metric (summed over other labels), restricted to matching labels."""
+def metric(samples, name: str, exclude: set[str] = frozenset(), **labels: str) -> dict[str, float]:
+    """{replica id: value} of one metric (summed over other labels), restricted to matching labels, without the
+    replicas in `exclude`."""
     values: dict[str, float] = {}
     for sample_name, sample_labels, value in samples:
         if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items()):
             replica = sample_labels.get("replica", "")
-            values[replica] = values.get(replica, 0.0) + value
+            if replica not in exclude:
+                values[replica] = values.get(replica, 0.0) + value
     return values
+
+
+def exported_replicas(config: ServiceConfig) -> set[str]:
+    """Every replica id the cluster's Prometheus export names now: those of applications deployed before (one Ray
+    cluster serves the whole test session, and it may keep exporting what dead replicas last reported)."""
+    return {labels["replica"] for _, labels, _ in scrape(config) if labels.get("replica")}

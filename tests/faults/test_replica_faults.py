@@ -26,11 +26,13 @@ from tests.faults.replicas import (
     metric,
     pool_states,
     replica_actors,
+    exported_replicas,
     replica_stats,
     scrape,
     wait_pool_restored,
 )
-from tests.service_helpers import in_process, tiny_service, wait_for
+from tests.service_helpers import (in_process, serve_file_for_tests, session_ray, tiny_service, tiny_service_config,
+                                   wait_for)
 
 pytestmark = pytest.mark.service
 LEASE_TTL_S = 3.0
@@ -41,15 +43,18 @@ PROMPTS = ["one two three", "What is the capital of France?", "alpha is a word",
 WORDS = ["alpha", "bravo", "one", "two", "fox", "sun", "7", "42", "the", "cat", "x", "def", "1", "2", "3", "4"]
 
 
+OVERRIDES = ("prefill.num_replicas=2", "decode.num_replicas=2", f"kv.lease_ttl_s={LEASE_TTL_S}", "kv.chunk_bytes=1024",
+             f"decode.max_step_s={MAX_STEP_S}", f"decode.unhealthy_step_s={UNHEALTHY_STEP_S}",
+             "decode.graceful_shutdown_timeout_s=25")
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    with tiny_service(
-        tmp_path_factory.mktemp("faults"), "prefill.num_replicas=2", "decode.num_replicas=2",
-        f"kv.lease_ttl_s={LEASE_TTL_S}", "kv.chunk_bytes=1024", f"decode.max_step_s={MAX_STEP_S}",
-        f"decode.unhealthy_step_s={UNHEALTHY_STEP_S}",
-        "decode.graceful_shutdown_timeout_s=25", chaos=True,
-    ) as service:
-        yield {**service, "app": service["config"].server.app_name}
+def service(service_models):
+    session_ray()
+    # The session's cluster may export the metrics of earlier modules' replicas: this module counts its own only.
+    earlier = exported_replicas(tiny_service_config(*service_models))
+    with tiny_service(service_models, *OVERRIDES, chaos=True) as service:
+        yield {**service, "app": service["config"].server.app_name, "earlier_replicas": earlier}
 
 
 def prompt_ids(service, prompt: str) -> list[int]:
@@ -188,7 +193,8 @@ def test_a_request_refused_at_admission_is_served_by_asking_the_decode_pool_agai
     wait_pool_restored(service["app"], "decode", config.decode.num_replicas)  # two replicas, each refusing once
 
     def retries() -> float:
-        return sum(metric(scrape(config), "ray_overfill_decode_admission_retries_total").values())
+        return sum(metric(scrape(config), "ray_overfill_decode_admission_retries_total",
+                          exclude=service["earlier_replicas"]).values())
 
     before = retries()
     prompt = PROMPTS[1]
@@ -237,8 +243,8 @@ def test_a_rolling_upgrade_of_both_pools_under_load_fails_no_request(service):
     app, config = service["app"], service["config"]
     before = {pool: set(replica_actors(app, pool)) for pool in ("router", "prefill", "decode")}
     references = {p: in_process(service, prompt_ids(service, p), 16) for p in PROMPTS}
-    upgrade = {"applications": [{"import_path": CHAOS_IMPORT_PATH, "deployments": [
-        {"name": pool, "ray_actor_options": {"num_cpus": 0.2}} for pool in ("prefill", "decode")]}]}
+    upgrade = serve_file_for_tests(CHAOS_IMPORT_PATH, deployments=[
+        {"name": pool, "ray_actor_options": {"num_cpus": 0.2}} for pool in ("prefill", "decode")])
 
     def upgraded() -> bool:
         return all(pool_states(app, pool) == {"RUNNING": 2} and not set(replica_actors(app, pool)) & before[pool]
@@ -277,16 +283,16 @@ def test_a_rolling_upgrade_of_both_pools_under_load_fails_no_request(service):
 
 
 def test_metrics_account_for_every_fault_and_show_no_kv_held(service):
-    config, app = service["config"], service["app"]
+    config, app, earlier = service["config"], service["app"], service["earlier_replicas"]
 
     def settled() -> bool:
         samples = scrape(config)
         live_prefill, live_decode = set(replica_stats(app, "prefill")), set(replica_stats(app, "decode"))
         leases = metric(samples, "ray_overfill_kv_leases")
         usage = metric(samples, "ray_overfill_kv_cache_usage_perc", role="decode")
-        statuses = {code: sum(metric(samples, "ray_overfill_requests_total", status=code).values())
+        statuses = {code: sum(metric(samples, "ray_overfill_requests_total", exclude=earlier, status=code).values())
                     for code in ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED")}
-        return (sum(metric(samples, "ray_overfill_requests_migrated_total").values()) >= 2
+        return (sum(metric(samples, "ray_overfill_requests_migrated_total", exclude=earlier).values()) >= 2
                 and statuses["UNAVAILABLE"] >= 3 and statuses["ABORTED"] >= 1 and statuses["DEADLINE_EXCEEDED"] >= 1
                 and live_prefill <= set(leases) and all(leases[r] == 0 for r in live_prefill)
                 and live_decode <= set(usage) and all(usage[r] == 0 for r in live_decode))
