@@ -80,11 +80,11 @@ def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
 
 def prepare_models(config: ServiceConfig) -> None:
     """Convert the embedded model and build the default decoder once, in the driver, before replicas start."""
-    from overfill.default_decoder import resolve_decoder
     from overfill.model_loading import resolve_model
+    from overfill.serving.config import decoder_dir
 
     resolve_model(config.models.full)
-    resolve_decoder(config.models.decoder, config.models.full)
+    decoder_dir(config.models)
 
 
 def app_builder(args: dict):

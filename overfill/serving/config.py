@@ -297,6 +297,20 @@ def _coerce(value, kind, name: str):
     raise ConfigError(f"{name} must be {names}, got {value!r}")
 
 
+def decoder_dir(models: ModelsConfig) -> Path:
+    """`models.decoder` as a directory. Only `default` (the embedded model's default decoder, built on first use)
+    needs overfill.default_decoder, which brings in the pruning and training code: a process given a directory
+    (a router, a replica, the Serve application builder) starts without it."""
+    if models.decoder == "default":
+        from overfill.default_decoder import resolve_decoder
+
+        return resolve_decoder(models.decoder, models.full)
+    path = Path(models.decoder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"models.decoder {models.decoder!r} is not a directory (nor 'default')")
+    return path
+
+
 def apply_torch_threads(threads: int) -> None:
     """Ray sets OMP_NUM_THREADS from an actor's num_cpus (1 for fractions); the model wants the cores it was given."""
     import torch

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from overfill.decoder_checkpoint import load_decoder
-from overfill.default_decoder import resolve_decoder
 from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig, apply_torch_threads
+from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
@@ -26,9 +25,9 @@ class DecodeServer:
         from transformers import AutoTokenizer
 
         apply_torch_threads(config.decode.torch_threads)
-        decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
-        decoder = load_decoder(decoder_dir, dtype=config.models.dtype, device=config.models.device)
-        tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+        directory = decoder_dir(config.models)
+        decoder = load_decoder(directory, dtype=config.models.dtype, device=config.models.device)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
         self.metrics = DecodeMetrics()
         self.replica_id = own_replica_id()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,

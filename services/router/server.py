@@ -23,13 +23,12 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from overfill.decoder_checkpoint import read_manifest
-from overfill.default_decoder import resolve_decoder
 from overfill.engine.detokenize import IncrementalDetokenizer
 from overfill.geometry import KVGeometry
 from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
-from overfill.serving.config import ServiceConfig
+from overfill.serving.config import ServiceConfig, decoder_dir
 from overfill.serving.request_log import RequestLog
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
@@ -97,9 +96,8 @@ class GenerationRouter:
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
                              config.server.default_max_tokens, max_token_chars(self.tokenizer))
         self.tokenize_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-tokenize")
-        decoder_dir = resolve_decoder(config.models.decoder, config.models.full)
-        self.model_info = self._model_info(AutoConfig.from_pretrained(model_dir), read_manifest(decoder_dir),
-                                           str(decoder_dir))
+        decoder = decoder_dir(config.models)
+        self.model_info = self._model_info(AutoConfig.from_pretrained(model_dir), read_manifest(decoder), str(decoder))
 
     def _model_info(self, full_config, manifest, decoder_dir: str) -> pb.ModelInfoResponse:
         geometry = KVGeometry.from_config(full_config)
