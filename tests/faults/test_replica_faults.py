@@ -1,6 +1,6 @@
-"""Fault injection and a rolling upgrade on the running service (one local Ray cluster, tiny models, 2 prefill + 2
-decode replicas): a decode replica killed mid-stream (migrated once, then UNAVAILABLE), a prefill replica killed
-between its ticket and the pull, a KV connection dropped mid-transfer, a transfer that starts after its lease
+"""Fault injection and a rolling upgrade on the running service (one application on the session's Ray cluster, tiny
+models, 2 prefill + 2 decode replicas): a decode replica killed mid-stream (migrated once, then UNAVAILABLE), a
+prefill replica killed between its ticket and the pull, a KV connection dropped mid-transfer, a transfer that starts after its lease
 expired, a decode step stalled past the deadline, and both pools redeployed under load. For each: the client's
 status and message (with the request id) within its deadline, Serve replacing the dead replicas, the others serving
 the tokens in-process generation gives, and no lease or slot left on any replica (their accounting, then Prometheus).
@@ -8,7 +8,8 @@ the tokens in-process generation gives, and no lease or slot left on any replica
 Faults that need injection are armed for one request id (tests/faults/chaos.py): the pools run the chaos servers,
 which wrap the production ones, so a test breaks exactly the request it watches. Replicas are killed with ray.kill
 on their actor (tests/faults/replicas.py).
-Killed replicas are replaced while the next tests run; `test_serve_replaces_every_killed_replica` waits for it.
+Killed replicas are replaced while the next tests run; `test_serve_replaces_every_killed_replica` waits for it. No
+test needs another's stall to have ended: a decode replica held by a step sends new requests to the other one.
 """
 
 import asyncio
