@@ -40,12 +40,13 @@ class DecoderRecipe:
     reconstruct: str = "lstsq"
     ridge: float = 1e-2
     calibration: tuple[str, ...] | None = None  # None: the shipped calibration set and the training data
+    calibration_samples: int | None = 640       # the first N calibration samples (None: all): reconstruction's cost
     data: str | None = None                     # None: the shipped self-distillation set
-    steps: int = 120
+    steps: int = 80
     batch_size: int = 8
     lr: float = 3e-4
-    kd_weight: float = 0.0
-    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
     trainable: str = "all"
     seed: int = 0
     save_every: int = 20                        # checkpoint steps: what an interrupted build resumes from
@@ -80,7 +81,8 @@ def build_from_recipe(recipe: DecoderRecipe, output: Path, rebuild: bool = False
         if not (pruned / "overfill.json").is_file():
             calibration = recipe.calibration or (str(default_calibration_path()), data)
             build_decoder(PruneSpec(recipe.model, recipe.hidden_size, recipe.intermediate_size, output=pruned,
-                                    calibration=[Path(c) for c in calibration], reconstruct=recipe.reconstruct,
+                                    calibration=[Path(c) for c in calibration],
+                                    num_samples=recipe.calibration_samples, reconstruct=recipe.reconstruct,
                                     ridge=recipe.ridge), progress=progress)
         # 2) Train in overfill mode, resuming from the last checkpoint of an interrupted build.
         trained = build / "trained"

@@ -65,8 +65,9 @@ def _overfill_forward(full, decoder, examples: list[Example], with_teacher: bool
             teacher, past = out.logits, out.cache
             past.crop(-num_response)  # keep the prompt's KV only
         else:
+            # logits_to_keep=1: only the KV is needed, not the vocabulary projection of every prompt position.
             past = full(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
-                        position_ids=positions[:, :num_prompt], use_cache=True).cache
+                        position_ids=positions[:, :num_prompt], use_cache=True, logits_to_keep=1).cache
     # 3) The decoder on the responses, attending to the full model's prompt KV.
     logits = decoder(input_ids=response_ids, attention_mask=mask, position_ids=positions[:, num_prompt:],
                      cache=past, use_cache=True).logits
