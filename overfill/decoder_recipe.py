@@ -118,8 +118,10 @@ def recipe_for_fraction(full_config, fraction: float, base: DecoderRecipe = Deco
     full_hidden, full_mlp = full_config.hidden_size, full_config.intermediate_size
     budget = fraction * count_parameters(full_config, full_hidden, full_mlp)
     for hidden in range(full_hidden, 0, -full_config.num_attention_heads):
-        fixed = count_parameters(full_config, hidden, 0)
-        per_mlp_channel = count_parameters(full_config, hidden, 1) - fixed
+        # From widths 1 and 2, not 0 (a zero-width MLP makes torch warn about zero-element tensors).
+        one_channel = count_parameters(full_config, hidden, 1)
+        per_mlp_channel = count_parameters(full_config, hidden, 2) - one_channel
+        fixed = one_channel - per_mlp_channel
         mlp = min(full_mlp, int((budget - fixed) // per_mlp_channel))
         if mlp >= max(1, math.ceil(MIN_MLP_SHARE * full_mlp * hidden / full_hidden)):
             return replace(base, hidden_size=hidden, intermediate_size=mlp)
