@@ -65,12 +65,11 @@ def distillation_data() -> Path:
 
 def build_from_recipe(recipe: DecoderRecipe, output: Path, rebuild: bool = False, progress: bool = True) -> Path:
     """The decoder `recipe` describes, in `output`: built (or resumed) unless `output` already holds it."""
-    from overfill.training.trainer import CHECKPOINT, TrainSpec, train
+    from overfill.training.trainer import CHECKPOINT, train
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     build = output.with_name(output.name + ".build")
-    data = recipe.data or str(distillation_data())
     with FileLock(str(output) + ".lock"):
         if is_built_by(output, recipe) and not rebuild:
             return output
@@ -79,18 +78,10 @@ def build_from_recipe(recipe: DecoderRecipe, output: Path, rebuild: bool = False
         # 1) Prune and reconstruct (skipped when an interrupted build already did).
         pruned = build / "pruned"
         if not (pruned / "overfill.json").is_file():
-            calibration = recipe.calibration or (str(default_calibration_path()), data)
-            build_decoder(PruneSpec(recipe.model, recipe.hidden_size, recipe.intermediate_size, output=pruned,
-                                    calibration=[Path(c) for c in calibration],
-                                    num_samples=recipe.calibration_samples, reconstruct=recipe.reconstruct,
-                                    ridge=recipe.ridge), progress=progress)
+            build_decoder(prune_spec(recipe, pruned), progress=progress)
         # 2) Train in overfill mode, resuming from the last checkpoint of an interrupted build.
         trained = build / "trained"
-        train(TrainSpec(model=recipe.model, decoder=str(pruned), data=data, mode="overfill", output=str(trained),
-                        steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, kd_weight=recipe.kd_weight,
-                        ce_weight=recipe.ce_weight, trainable=recipe.trainable, seed=recipe.seed,
-                        save_every=recipe.save_every),
-              resume=True, progress=progress)
+        train(train_spec(recipe, pruned, trained), resume=True, progress=progress)
         # 3) Into place: the decoder without its optimizer state, its manifest naming the recipe.
         (trained / CHECKPOINT).unlink(missing_ok=True)
         manifest = read_manifest(trained)
@@ -100,6 +91,24 @@ def build_from_recipe(recipe: DecoderRecipe, output: Path, rebuild: bool = False
         trained.rename(output)
         shutil.rmtree(build, ignore_errors=True)
     return output
+
+
+def prune_spec(recipe: DecoderRecipe, output: Path, reconstruct: str | None = None) -> PruneSpec:
+    """The recipe's prune + reconstruct step (`reconstruct` overrides its method), writing `output`."""
+    calibration = recipe.calibration or (str(default_calibration_path()), recipe.data or str(distillation_data()))
+    return PruneSpec(recipe.model, recipe.hidden_size, recipe.intermediate_size, output=Path(output),
+                     calibration=[Path(c) for c in calibration], num_samples=recipe.calibration_samples,
+                     reconstruct=reconstruct or recipe.reconstruct, ridge=recipe.ridge)
+
+
+def train_spec(recipe: DecoderRecipe, decoder: Path, output: Path, mode: str = "overfill"):
+    """The recipe's training step: `decoder` trained in `mode` into `output`."""
+    from overfill.training.trainer import TrainSpec
+
+    return TrainSpec(model=recipe.model, decoder=str(decoder), data=recipe.data or str(distillation_data()),
+                     mode=mode, output=str(output), steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                     kd_weight=recipe.kd_weight, ce_weight=recipe.ce_weight, trainable=recipe.trainable,
+                     seed=recipe.seed, save_every=recipe.save_every)
 
 
 def is_built_by(path: Path, recipe: DecoderRecipe) -> bool:

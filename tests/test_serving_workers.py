@@ -147,18 +147,26 @@ def test_back_pressure_and_limits_are_immediate_errors(models):
     prefill.close(), decode.close()
 
 
+def workers_with_a_blocked_step(models, **decode_settings):
+    """A prefill and a 2-slot decode worker whose every step blocks until the returned event is set (a wedged
+    device). Returns (sender, prefill, decode, device_back)."""
+    full, decoder = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=2, max_seq_len=128, **decode_settings))
+    device_back = threading.Event()
+    original_step = decode._step
+    decode._step = lambda plan: device_back.wait() and original_step(plan)
+    return sender, prefill, decode, device_back
+
+
 def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails_the_health_check(models):
     """A wedged device: the step blocks until released. Its request gets DEADLINE_EXCEEDED at max_step_s; meanwhile
     new requests are refused at once with UNAVAILABLE (their leases untouched, to be served elsewhere) and the
     replica says so in its stats; past unhealthy_step_s check_health raises. Once the step returns, all is well."""
     full, decoder = models
-    sender = make_sender("inprocess", secret=KV_SECRET)
-    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
-    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
-                          DecodeSettings(num_slots=2, max_seq_len=128, max_step_s=0.3, unhealthy_step_s=0.8))
-    device_back = threading.Event()
-    original_step = decode._step
-    decode._step = lambda plan: device_back.wait() and original_step(plan)
+    sender, prefill, decode, device_back = workers_with_a_blocked_step(models, max_step_s=0.3, unhealthy_step_s=0.8)
     sampling = SamplingParams(max_new_tokens=8)
 
     async def run():
@@ -199,13 +207,7 @@ def test_a_step_held_past_slow_step_s_sends_new_requests_elsewhere_unless_no_oth
     refuses a new request at once (UNAVAILABLE, its KV untouched: another replica may take it), but admits it as the
     pool's last choice (`last_choice`: every other replica refused it too), serving it once the step returns."""
     full, decoder = models
-    sender = make_sender("inprocess", secret=KV_SECRET)
-    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
-    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
-                          DecodeSettings(num_slots=2, max_seq_len=128, slow_step_s=0.2, max_step_s=30.0))
-    device_back = threading.Event()
-    original_step = decode._step
-    decode._step = lambda plan: device_back.wait() and original_step(plan)
+    sender, prefill, decode, device_back = workers_with_a_blocked_step(models, slow_step_s=0.2, max_step_s=30.0)
     sampling = SamplingParams(max_new_tokens=8)
 
     async def run():

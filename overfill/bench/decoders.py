@@ -17,9 +17,9 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from overfill.build_decoder import PruneSpec, build_decoder
-from overfill.decoder_recipe import DecoderRecipe, count_parameters, distillation_data, recipe_for_fraction
-from overfill.calibration import default_calibration_path
+from overfill.build_decoder import build_decoder
+from overfill.decoder_recipe import (DecoderRecipe, count_parameters, prune_spec, recipe_for_fraction,
+                                     train_spec)
 from overfill.evaluation import EvalSpec, Reference, full_reference, run_eval
 
 METHODS = ("none", "lstsq")
@@ -72,24 +72,18 @@ def run_decoders_bench(spec: DecodersBenchSpec, progress: bool = True) -> dict:
 def _pruned(spec: DecodersBenchSpec, recipe: DecoderRecipe, method: str, name: str) -> Path:
     output = spec.work / name
     if not (output / "overfill.json").is_file():
-        data = recipe.data or str(distillation_data())
-        calibration = recipe.calibration or (str(default_calibration_path()), data)
-        build_decoder(PruneSpec(recipe.model, recipe.hidden_size, recipe.intermediate_size, output=output,
-                                calibration=[Path(c) for c in calibration], reconstruct=method, ridge=recipe.ridge))
+        build_decoder(prune_spec(recipe, output, reconstruct=method))
     return output
 
 
 def _trained(spec: DecodersBenchSpec, recipe: DecoderRecipe, pruned: Path, mode: str,
              name: str) -> tuple[Path, int]:
     from overfill.decoder_checkpoint import read_manifest
-    from overfill.training.trainer import CHECKPOINT, TrainSpec, train
+    from overfill.training.trainer import CHECKPOINT, train
 
     output = spec.work / name
     if not any(t.get("mode") == mode for t in _training(output)):
-        train(TrainSpec(model=recipe.model, decoder=str(pruned), data=recipe.data or str(distillation_data()),
-                        mode=mode, output=str(output), steps=recipe.steps, batch_size=recipe.batch_size,
-                        lr=recipe.lr, kd_weight=recipe.kd_weight, ce_weight=recipe.ce_weight,
-                        trainable=recipe.trainable, seed=recipe.seed, save_every=recipe.save_every), resume=True)
+        train(train_spec(recipe, pruned, output, mode), resume=True)
         (output / CHECKPOINT).unlink(missing_ok=True)
     entry = next(t for t in read_manifest(output).training if t.get("mode") == mode)
     return output, entry["response_tokens_this_run"]
