@@ -2,7 +2,7 @@
 
 import pytest
 
-from overfill.serving.config import ConfigError, ServiceConfig, load_config
+from overfill.serving.config import ConfigError, ServiceConfig, load_config, torch_threads_of
 from overfill.serving.types import ServiceError
 from overfill.serving.validation import Limits, StopStringMatcher, validate_request
 from overfill.v1 import generation_pb2 as pb
@@ -29,6 +29,7 @@ def test_yaml_and_overrides_map_onto_the_dataclasses(tmp_path):
      r"prefill.num_gpus = 0.0 is invalid: must be >= 1 with kv.transport nccl"),
     ("", ["decode.accelerator_type=H100"], "decode.accelerator_type = 'H100' is invalid: .* with num_gpus > 0"),
     ("", ["kv.transfer_timeout_s=0"], r"kv.transfer_timeout_s = 0.0 is invalid: must be > 0"),
+    ("", ["decode.stream_messages_per_s=-1"], r"decode.stream_messages_per_s = -1.0 is invalid: must be >= 0"),
     ("", ["nodot=1"], "section.field=value"),
     ("gpu: {}\n", [], "unknown field gpu"),
 ])
@@ -45,6 +46,17 @@ def test_shipped_local_config_is_valid():
     config = load_config(Path(__file__).resolve().parents[1] / "deploy" / "local.yaml")
     assert config.models.full == "smollm2-135m" and config.models.decoder == "default"
     assert config.prefill.num_replicas == 1 and config.decode.num_replicas == 1 and config.server.grpc_port == 9000
+
+
+@pytest.mark.parametrize("overrides, threads", [
+    (["decode.num_cpus=0.5"], 1),            # a fraction of a core: one thread, not Ray's default of every core
+    (["decode.num_cpus=0"], 1),
+    (["decode.num_cpus=2"], 2),
+    (["decode.num_cpus=2.6"], 3),
+    (["decode.num_cpus=0.5", "decode.torch_threads=4"], 4),  # an explicit count wins
+])
+def test_a_pools_torch_threads_follow_its_cpus(overrides, threads):
+    assert torch_threads_of(load_config(None, overrides).decode) == threads
 
 
 def test_secret_is_resolved_once(monkeypatch):

@@ -74,6 +74,33 @@ def test_workers_match_in_process_generation_with_continuous_batching(models):
     prefill.close(), decode.close()
 
 
+def test_a_message_budget_sends_fewer_larger_messages_with_the_same_tokens(models):
+    """4 streams share 1 message/s: each gets its first decoded token at once, then the rest with its finish."""
+    full, decoder = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=4, max_seq_len=128, stream_messages_per_s=1.0))
+    params = SamplingParams(max_new_tokens=12)
+
+    async def stream(request_id, prompt):
+        result = await prefill.prefill(PrefillRequest(request_id, prompt, params))
+        return [result.first_token], [chunk.token_ids async for chunk in decode.generate(result, params)]
+
+    async def run():
+        return await asyncio.gather(*(stream(f"paced-{i}", prompt) for i, prompt in enumerate(PROMPTS[:4])))
+
+    outputs = asyncio.run(run())
+    engine = TwoStageEngine(full, decoder, {EOS})
+    for (first, messages), prompt in zip(outputs, PROMPTS):
+        assert first + [t for message in messages for t in message] == \
+            engine.generate([prompt], params, "overfill")[0].token_ids
+        assert len(messages) <= 2  # held while 4 streams share the budget; a stream left alone is sent at once
+    assert any(len(messages[-1]) > 1 for _, messages in outputs)
+    assert decode.cache.num_free_slots == 4 and sender.num_leases == 0
+    prefill.close(), decode.close()
+
+
 def test_cancelled_stream_frees_kv_on_both_sides(models):
     prefill, decode, sender = make_workers(models)
 

@@ -73,13 +73,24 @@ def add_parser(subparsers) -> None:
     decoders.add_argument("--json", type=Path, help="write the results here (and the plot next to it, .png)")
     decoders.set_defaults(run=run_decoders)
 
-    service = sub.add_parser("service", help="service TTFT and decode throughput vs in-process, KV transfer GB/s")
+    service = sub.add_parser("service", help="service TTFT and decode throughput vs in-process, KV transfer GB/s; "
+                                             "with --compare-decoder, the service with two decoders side by side")
     service.add_argument("--config", default="deploy/local.yaml")
     service.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     service.add_argument("--prompt-lens", type=_int_list, default=[128, 512, 2048])
-    service.add_argument("--concurrency", type=_int_list, default=[1, 4, 16])
+    service.add_argument("--concurrency", type=_int_list,
+                         help="concurrent streams (default 1,4,16; with --compare-decoder one value, default 12)")
     service.add_argument("--gen-len", type=int, default=64)
     service.add_argument("--repeats", type=int, default=3)
+    compare = service.add_argument_group("--compare-decoder: same config and load, two decoders (JSON + PNG)")
+    compare.add_argument("--compare-decoder", metavar="PATH|full",
+                         help="the baseline decoder; 'full': the full-width identity decoder (built once)")
+    compare.add_argument("--decoder", help="the decoder under test (default: the config's models.decoder)")
+    compare.add_argument("--num-prompts", type=int, default=48)
+    compare.add_argument("--rounds", type=int, default=2, help="service runs per decoder, alternating A B B A")
+    compare.add_argument("--input-len", type=int, default=128, help="random prompt tokens")
+    compare.add_argument("--output-len", type=int, default=96, help="max_tokens (random prompts rarely stop early)")
+    compare.add_argument("--tpot-slo-ms", type=float, default=100.0, help="goodput: mean TPOT within this")
     service.add_argument("--json", type=Path, help="write the results here")
     service.set_defaults(run=run_service)
 
@@ -127,11 +138,7 @@ def run_prefill_memory(args: argparse.Namespace) -> int:
                              min_len=int(min_len), max_len=int(max_len or min_len), max_batch=args.max_batch,
                              warmup=args.warmup, seed=args.seed)
     result = run_prefill_memory_bench(spec)
-    print(format_report(result))
-    _save(result, args.json)
-    if args.json:
-        plot(result, args.json.with_suffix(".png"))
-        print(f"saved {args.json.with_suffix('.png')}")
+    _report(result, format_report, args.json, plot)
     return 0
 
 
@@ -145,6 +152,15 @@ def run_overload(args: argparse.Namespace) -> int:
     print(format_report(result))
     _save(result, args.json)
     return 0 if all(check["pass"] for check in result["checks"].values()) else 1
+
+
+def _report(result: dict, format_report, path: Path | None, plot) -> None:
+    """Print the table; with `path`, save the JSON there and the plot next to it (.png)."""
+    print(format_report(result))
+    _save(result, path)
+    if path:
+        plot(result, path.with_suffix(".png"))
+        print(f"saved {path.with_suffix('.png')}")
 
 
 def _save(result: dict, path: Path | None) -> None:
@@ -178,11 +194,27 @@ def run_decoders(args: argparse.Namespace) -> int:
 
 
 def run_service(args: argparse.Namespace) -> int:
+    if args.compare_decoder:
+        return run_service_compare(args)
     from overfill.bench.service import ServiceBenchSpec, format_report, run_service_bench
 
     result = run_service_bench(ServiceBenchSpec(config=args.config, overrides=args.overrides,
-                                                prompt_lens=args.prompt_lens, concurrency=args.concurrency,
+                                                prompt_lens=args.prompt_lens, concurrency=args.concurrency or [1, 4, 16],
                                                 gen_len=args.gen_len, repeats=args.repeats))
     print(format_report(result))
     _save(result, args.json)
     return 0
+
+
+def run_service_compare(args: argparse.Namespace) -> int:
+    from overfill.bench.service_compare import CompareSpec, format_report, plot, run_compare
+
+    if args.concurrency and len(args.concurrency) != 1:
+        raise SystemExit("--compare-decoder runs one load: give --concurrency one value")
+    spec = CompareSpec(compare_decoder=args.compare_decoder, decoder=args.decoder, config=args.config,
+                       overrides=args.overrides, concurrency=(args.concurrency or [12])[0],
+                       num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
+                       tpot_slo_ms=args.tpot_slo_ms, rounds=args.rounds)
+    result = run_compare(spec)
+    _report(result, format_report, args.json, plot)
+    return 0 if not any(run["failed"] for run in result["runs"]) else 1

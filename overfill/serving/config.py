@@ -35,7 +35,7 @@ class PoolResources:
     num_replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0                 # GPUs per replica (Ray actor option); whole GPUs keep pools apart
-    torch_threads: int = 0                # CPU threads for the model; 0 = every core (Ray would give one)
+    torch_threads: int = 0                # CPU threads for the model; 0 = the pool's num_cpus, rounded, at least 1
     graceful_shutdown_timeout_s: float = 20.0  # a stopping replica (upgrade, scale-in) finishes its requests and
                                           # hands over its KV for this long before Ray Serve kills it
     accelerator_type: str | None = None   # Ray accelerator type for the replicas (e.g. H100, A100, L4); needs num_gpus
@@ -66,6 +66,8 @@ class DecodePoolConfig(PoolResources):
                                           # replaces it (a device that never returns)
     admission_retry_s: float = 10.0       # the router asks other decode replicas for a request one refused at
                                           # admission (full, or held by a step) for at most this long (0: never)
+    stream_messages_per_s: float = 0.0    # token messages per second a replica sends at most, shared by its running
+                                          # streams (overfill/serving/stream_pacing.py); 0: one per token
 
 
 @dataclass
@@ -150,6 +152,7 @@ class ServiceConfig:
             ("decode.slow_step_s", 0 < self.decode.slow_step_s <= self.decode.max_step_s,
              f"in (0, decode.max_step_s = {self.decode.max_step_s:g}]"),
             ("decode.admission_retry_s", self.decode.admission_retry_s >= 0, ">= 0"),
+            ("decode.stream_messages_per_s", self.decode.stream_messages_per_s >= 0, ">= 0 (0: one per token)"),
             ("decode.unhealthy_step_s", self.decode.unhealthy_step_s >= self.decode.max_step_s,
              f">= decode.max_step_s = {self.decode.max_step_s:g}"),
         ]
@@ -164,7 +167,7 @@ class ServiceConfig:
             checks.append((f"{pool}.accelerator_type", accelerator is None or (
                 re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", accelerator) is not None
                 and getattr(self, pool).num_gpus > 0), "a Ray accelerator type name (e.g. H100) with num_gpus > 0"))
-            checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = every core)"))
+            checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = num_cpus)"))
             checks.append((f"{pool}.graceful_shutdown_timeout_s", getattr(self, pool).graceful_shutdown_timeout_s >= 0,
                            ">= 0"))
         checks += self._security_checks()
@@ -311,8 +314,15 @@ def decoder_dir(models: ModelsConfig) -> Path:
     return path
 
 
-def apply_torch_threads(threads: int) -> None:
-    """Ray sets OMP_NUM_THREADS from an actor's num_cpus (1 for fractions); the model wants the cores it was given."""
+def torch_threads_of(pool: PoolResources) -> int:
+    """The model's CPU threads in a replica of `pool`: `torch_threads`, else as many as the CPUs Ray reserves for it
+    (at least one). More threads than reserved cores make replicas that share a machine wait on each other: every
+    operator ends at a barrier that a preempted thread holds up (measured on 2 cores: `bench service`)."""
+    return pool.torch_threads or max(1, round(pool.num_cpus))
+
+
+def apply_torch_threads(pool: PoolResources) -> None:
+    """Ray sets OMP_NUM_THREADS=1 for actors with fractional num_cpus; the replica sets its own count instead."""
     import torch
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(torch_threads_of(pool))

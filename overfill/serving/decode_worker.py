@@ -34,6 +34,7 @@ from overfill.engine.sampling_params import SamplingParams
 from overfill.engine.scheduler import Event, Load, QueueFull, Request, Scheduler, SchedulerConfig, StepPlan
 from overfill.engine.step import ModelStep, run
 from overfill.serving.lease_keeper import LeaseKeeper
+from overfill.serving.stream_pacing import StreamPacer
 from overfill.serving.types import AdmissionRefused, PrefillResult, ServiceError, TokenChunk
 from overfill.status import StatusCode
 from overfill.transport.base import KVReceiver, KVTransferError
@@ -52,6 +53,7 @@ class DecodeSettings:
     max_step_s: float = 60.0     # a step running longer fails its sequences with DEADLINE_EXCEEDED
     unhealthy_step_s: float = 300.0  # a step running longer makes check_health fail (the replica is replaced)
     cuda_graphs: bool = False    # decode steps replayed from CUDA graphs (engine/cuda_graphs.py); CUDA only
+    stream_messages_per_s: float = 0.0  # token messages/s shared by the running streams (stream_pacing.py); 0: all
 
 
 @dataclass
@@ -59,6 +61,7 @@ class _Stream:
     """One caller's side of a request: its slot once granted, then its tokens (or its error)."""
 
     slot: asyncio.Future                                      # the KV slot, once the scheduler admits the request
+    pacer: StreamPacer                                        # holds its tokens while the replica's budget is spent
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # TokenChunk | ServiceError
 
 
@@ -115,7 +118,8 @@ class DecodeWorker:
                                    ) from None
         except ValueError as e:  # the same lease id twice
             raise ServiceError(StatusCode.INVALID_ARGUMENT, str(e)) from None
-        stream = self._streams[rid] = _Stream(asyncio.get_running_loop().create_future())
+        stream = self._streams[rid] = _Stream(asyncio.get_running_loop().create_future(),
+                                              StreamPacer(self.settings.stream_messages_per_s))
         try:
             # 1) A slot: at once if one is free, else after waiting for one (the lease renewed meanwhile).
             slot = await self._slot_for(prefill, stream)
@@ -274,6 +278,8 @@ class DecodeWorker:
             self._publish(self.scheduler.update(plan, sampled))
 
     def _publish(self, events: list[Event]) -> None:
+        now_s = time.monotonic()
+        num_running = sum(event.status is None for event in events)  # the streams sharing the message budget
         for event in events:
             stream = self._streams.get(event.request_id)
             if event.finish_reason is not None:
@@ -282,8 +288,10 @@ class DecodeWorker:
                 continue
             if event.status is not None:
                 stream.out.put_nowait(ServiceError(event.status, f"{event.message} (request {event.request_id!r})"))
-            else:
-                stream.out.put_nowait(TokenChunk([event.token_id], event.finish_reason))
+                continue
+            tokens = stream.pacer.offer(event.token_id, event.finish_reason is not None, num_running, now_s)
+            if tokens is not None:
+                stream.out.put_nowait(TokenChunk(tokens, event.finish_reason))
 
     def _step(self, plan: StepPlan) -> list[int | None]:
         """On the model thread: one forward for every running sequence, one token each. (Fault tests wrap it with a

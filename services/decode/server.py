@@ -24,7 +24,7 @@ class DecodeServer:
     def __init__(self, config: ServiceConfig):
         from transformers import AutoTokenizer
 
-        apply_torch_threads(config.decode.torch_threads)
+        apply_torch_threads(config.decode)
         directory = decoder_dir(config.models)
         decoder = load_decoder(directory, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -39,7 +39,8 @@ class DecodeServer:
                            max_step_s=config.decode.max_step_s,
                            unhealthy_step_s=config.decode.unhealthy_step_s,
                            kv_pull_timeout_s=config.kv.transfer_timeout_s,
-                           cuda_graphs=config.decode.cuda_graphs),
+                           cuda_graphs=config.decode.cuda_graphs,
+                           stream_messages_per_s=config.decode.stream_messages_per_s),
         )
 
     async def generate(self, prefill: PrefillResult, sampling: SamplingParams,

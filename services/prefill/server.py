@@ -35,7 +35,7 @@ def kv_host(config: ServiceConfig) -> str:
 
 class PrefillServer:
     def __init__(self, config: ServiceConfig):
-        apply_torch_threads(config.prefill.torch_threads)
+        apply_torch_threads(config.prefill)
         bound_onednn_caches(config.prefill.onednn_cache_entries)  # before the first oneDNN op: see its NOTE
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
