@@ -79,12 +79,22 @@ def _pool(server_class, name: str, pool, router_class, max_ongoing: int):
 
 
 def prepare_models(config: ServiceConfig) -> None:
-    """Convert the embedded model and build the default decoder once, in the driver, before replicas start."""
+    """Convert the embedded model and build the default decoder once, in the driver, before replicas start; refuse
+    a decoder cut from another full model (its KV geometry or recorded config differs) before anything is deployed.
+    The prefill replicas check the weights too, once they have loaded them (services/prefill/server.py)."""
+    from transformers import AutoConfig
+
+    from overfill.decoder_checkpoint import DecoderMismatchError, check_decoder_fits
     from overfill.model_loading import resolve_model
     from overfill.serving.config import decoder_dir
 
-    resolve_model(config.models.full)
-    decoder_dir(config.models)
+    full_dir = resolve_model(config.models.full)
+    decoder = decoder_dir(config.models)
+    try:
+        check_decoder_fits(decoder, AutoConfig.from_pretrained(full_dir))
+    except DecoderMismatchError as e:
+        raise ConfigError(f"models.decoder {config.models.decoder!r} does not fit models.full "
+                          f"{config.models.full!r}: {e}") from None
 
 
 def app_builder(args: dict):

@@ -120,14 +120,19 @@ def assert_no_kv_left(config: ServiceConfig, timeout_s: float = 10.0) -> None:
 
 
 HEALTH_CHECK_PERIOD_S = 1.0  # Serve notices a dead pool replica at its next health check (10 s by default)
+SHUTDOWN_WAIT_LOOP_S = 0.2   # a stopping replica looks for ongoing requests this often (2 s by default, and it waits
+                             # once before the first look: every deleted application and upgraded replica paid it)
 
 
 def serve_file_for_tests(import_path: str = APP_IMPORT_PATH, env_vars: dict[str, str] | None = None,
                     deployments: list[dict] = ()) -> dict:
     """The Ray Serve config the tests deploy with: the pools health-checked every HEALTH_CHECK_PERIOD_S (so a
-    killed replica is replaced at once), `deployments` options on top, and `env_vars` for the application's
+    killed replica is replaced at once), replicas that stop as soon as they are drained, `deployments` options on top, and `env_vars` for the application's
     processes (the cluster is up already: its environment is the session's)."""
-    options = {name: {"name": name, "health_check_period_s": HEALTH_CHECK_PERIOD_S} for name in ("prefill", "decode")}
+    options = {name: {"name": name, "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S}
+               for name in ("router", "prefill", "decode")}
+    for name in ("prefill", "decode"):
+        options[name]["health_check_period_s"] = HEALTH_CHECK_PERIOD_S
     for deployment in deployments:
         options[deployment["name"]] = {**options.get(deployment["name"], {}), **deployment}
     app = {"import_path": import_path, "deployments": list(options.values())}

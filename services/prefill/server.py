@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import time
 
+from overfill.decoder_checkpoint import check_decoder_fits
 from overfill.engine.linear import bound_onednn_caches
 from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig, apply_torch_threads
+from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
@@ -38,6 +39,9 @@ class PrefillServer:
         apply_torch_threads(config.prefill)
         bound_onednn_caches(config.prefill.onednn_cache_entries)  # before the first oneDNN op: see its NOTE
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
+        # The driver checked the configs; only here are the full model's weights loaded to check them against the
+        # fingerprint the decoder recorded (a fine-tune of the same architecture must not serve another's decoder).
+        check_decoder_fits(decoder_dir(config.models), full.model.config, full.model)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
                                   device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s)
@@ -76,6 +80,8 @@ class PrefillServer:
         drained. Tickets already handed out still point here: serve their KV until decode has pulled every lease
         (each expires within kv.lease_ttl_s anyway) or graceful_shutdown_timeout_s runs out and Serve kills the
         replica. Blocking is fine: the KV service answers pulls and releases on its own threads."""
+        if not hasattr(self, "worker"):  # __init__ refused the models: nothing was started
+            return
         deadline = time.monotonic() + self.sender.leases.ttl_s
         while self.sender.num_leases and time.monotonic() < deadline:
             time.sleep(0.05)
