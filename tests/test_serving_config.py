@@ -79,6 +79,15 @@ def test_valid_requests_tokenize_once():
     assert chat.request_id == "abc-1" and chat.sampling.max_new_tokens == 8 and len(chat.prompt_ids) > 2
 
 
+def test_an_invalid_chat_role_is_quoted_short_whatever_its_length():
+    role = "r" * 100_000
+    with pytest.raises(ServiceError) as error:
+        validate_request(pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role=role, content="hi")])),
+                         tiny_tokenizer(), LIMITS)
+    assert error.value.code == "INVALID_ARGUMENT" and len(error.value.message) < 200
+    assert error.value.message.endswith(f"got {'r' * 32!r}... (100000 characters)")
+
+
 @pytest.mark.parametrize("fields, code, message", [
     (dict(), "INVALID_ARGUMENT", "one of prompt or chat"),
     (dict(prompt="  "), "INVALID_ARGUMENT", "prompt is empty"),

@@ -61,6 +61,16 @@ class ValidRequest:
     stop: list[str]
 
 
+ECHO_CHARS = 32  # what a refusal quotes of a client's value at most: an error must not return the client's payload
+
+
+def _quoted_prefix(value: str) -> str:
+    """`value` quoted as a refusal echoes it: whole if short, else its first ECHO_CHARS characters and its length."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+
+
 def _invalid(message: str) -> ServiceError:
     return ServiceError(StatusCode.INVALID_ARGUMENT, message)
 
@@ -106,7 +116,8 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
             raise _invalid("chat.messages is empty")
         for index, message in enumerate(messages):
             if message.role not in ROLES:
-                raise _invalid(f"chat.messages[{index}].role must be one of {', '.join(ROLES)}, got {message.role!r}")
+                raise _invalid(f"chat.messages[{index}].role must be one of {', '.join(ROLES)}, got "
+                               f"{_quoted_prefix(message.role)}")
             if len(message.content) > MAX_PROMPT_CHARS:
                 raise _invalid(f"chat.messages[{index}].content is longer than {MAX_PROMPT_CHARS} characters")
         if not has_chat_template(tokenizer):

@@ -162,12 +162,12 @@ def test_a_kv_connection_cut_mid_transfer_is_unavailable_and_the_lease_stays_rel
 
 # ---- graceful shutdown ---------------------------------------------------------------------------------------------
 
-def test_a_stopping_prefill_replica_serves_the_tickets_it_handed_out_then_stops(tmp_path):
+def test_a_stopping_prefill_replica_serves_the_tickets_it_handed_out_then_stops(service_models):
     from overfill.serving.config import load_config
     from services.prefill.server import PrefillServer
-    from tests.tiny import save_tiny
 
-    config = load_config(None, [f"models.full={save_tiny(tmp_path / 'full')}"]).with_secret()
+    full_dir, decoder_dir = service_models  # a prefill replica checks the decoder it serves with
+    config = load_config(None, [f"models.full={full_dir}", f"models.decoder={decoder_dir}"]).with_secret()
     server = PrefillServer(config)  # what Ray Serve runs, here without Ray: its destructor is what Serve awaits
     receiver = make_receiver("grpc", secret=config.kv.secret)
 
