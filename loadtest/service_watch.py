@@ -10,6 +10,7 @@ deployment; the title may carry `.method` while it runs one), `ray::ProxyActor` 
     scrape_service(url)             -> (ServiceGauges | None, error | None)
     find_service_processes()        -> {role: [pid, ...]}      (empty when none runs here)
     rss_by_role(pids_by_role)       -> {role: MiB}
+    cpu_seconds_by_role(pids)       -> {role: CPU seconds so far}
 """
 
 from __future__ import annotations
@@ -136,20 +137,34 @@ def find_service_processes() -> dict[str, list[int]]:
     return {role: sorted(pids) for role, pids in sorted(found.items())}
 
 
+def _live_values(pids_by_role: dict[str, list[int]], measure) -> dict[str, list[float]]:
+    """{role: [measure(process) for each of its processes still there]}; a process that exited meanwhile (or that
+    this user may not read) is left out."""
+    import psutil
+
+    out: dict[str, list[float]] = {}
+    for role, pids in pids_by_role.items():
+        values = out.setdefault(role, [])
+        for pid in pids:
+            try:
+                values.append(measure(psutil.Process(pid)))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return out
+
+
 def rss_by_role(pids_by_role: dict[str, list[int]]) -> dict[str, float]:
     """{role: resident MiB summed over its processes}; a process that has exited meanwhile is left out (a role
     whose every process exited is left out too)."""
-    import psutil
+    values = _live_values(pids_by_role, lambda process: process.memory_info().rss)
+    return {role: sum(rss) / MIB for role, rss in values.items() if rss}
 
-    out = {}
-    for role, pids in pids_by_role.items():
-        total, seen = 0, 0
-        for pid in pids:
-            try:
-                total += psutil.Process(pid).memory_info().rss
-                seen += 1
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        if seen:
-            out[role] = total / MIB
-    return out
+
+def cpu_seconds_by_role(pids_by_role: dict[str, list[int]]) -> dict[str, float]:
+    """{role: user + system CPU seconds its processes (all their threads) have used so far}; 0 for a role whose
+    processes are gone."""
+    def cpu(process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    return {role: sum(seconds) for role, seconds in _live_values(pids_by_role, cpu).items()}

@@ -127,8 +127,9 @@ SHUTDOWN_WAIT_LOOP_S = 0.2   # a stopping replica looks for ongoing requests thi
 def serve_file_for_tests(import_path: str = APP_IMPORT_PATH, env_vars: dict[str, str] | None = None,
                     deployments: list[dict] = ()) -> dict:
     """The Ray Serve config the tests deploy with: the pools health-checked every HEALTH_CHECK_PERIOD_S (so a
-    killed replica is replaced at once), replicas that stop as soon as they are drained, `deployments` options on top, and `env_vars` for the application's
-    processes (the cluster is up already: its environment is the session's)."""
+    killed replica is replaced at once), replicas that stop as soon as they are drained, `deployments` options on
+    top, and `env_vars` for the application's processes (the cluster is up already: its environment is the
+    session's)."""
     options = {name: {"name": name, "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S}
                for name in ("router", "prefill", "decode")}
     for name in ("prefill", "decode"):

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overfill.bench.service_compare import (ROLES, cpu_seconds, fixed_size_serve_file, format_report,
-                                            identity_decoder, plot, summarize)
+from loadtest.service_watch import cpu_seconds_by_role as cpu_seconds
+from overfill.bench.service_compare import (ROLES, fixed_size_serve_file, format_report, identity_decoder, plot,
+                                            summarize)
 from overfill.engine.loader import load_engine
 from overfill.engine.sampling import SamplingParams
 

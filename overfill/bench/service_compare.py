@@ -47,13 +47,14 @@ def identity_decoder(model: str) -> Path:
     from transformers import AutoConfig
 
     from overfill.build_decoder import PruneSpec, build_decoder
+    from overfill.decoder_checkpoint import MANIFEST_NAME
     from overfill.model_loading import resolve_model
     from overfill.paths import decoders_dir
 
     model_dir = resolve_model(model)
     full = AutoConfig.from_pretrained(model_dir)
     output = decoders_dir() / f"{Path(str(model)).name}-identity"
-    if not (output / "overfill_decoder.json").is_file():
+    if not (output / MANIFEST_NAME).is_file():
         build_decoder(PruneSpec(model, full.hidden_size, full.intermediate_size, output=output, reconstruct="none"),
                       progress=False)
     return output
@@ -70,30 +71,13 @@ def fixed_size_serve_file(serve_file: dict | None) -> dict | None:
     return fixed
 
 
-def cpu_seconds(pids_by_role: dict[str, list[int]]) -> dict[str, float]:
-    """User + system CPU seconds each role's processes (and their threads) have used so far."""
-    import psutil
-
-    out = {}
-    for role, pids in pids_by_role.items():
-        total = 0.0
-        for pid in pids:
-            try:
-                times = psutil.Process(pid).cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        out[role] = total
-    return out
-
-
 def _measure_service(spec: CompareSpec, decoder: Path, progress: bool) -> dict:
     """One run: start the service on `decoder`, warm it up, measure the load and the processes' CPU, stop it."""
     from loadtest.arrivals import send_times
     from loadtest.benchmark import Benchmark, BenchmarkConfig
     from loadtest.client import Connection
     from loadtest.datasets import RandomSpec
-    from loadtest.service_watch import find_service_processes
+    from loadtest.service_watch import cpu_seconds_by_role, find_service_processes
     from services.app import read_serve_file, start_service, stop_service
 
     config = load_config(spec.config, [*spec.overrides, f"models.decoder={decoder}"])
@@ -106,10 +90,10 @@ def _measure_service(spec: CompareSpec, decoder: Path, progress: bool) -> dict:
         warmup = bench.samples(spec.warmup_prompts, spec.seed + 1)
         bench.run(warmup, send_times(len(warmup), seed=spec.seed), {})
         pids = find_service_processes()
-        before = cpu_seconds(pids)
+        before = cpu_seconds_by_role(pids)
         measured = bench.run(bench.samples(spec.num_prompts, spec.seed), send_times(spec.num_prompts, seed=spec.seed),
                              {})
-        after = cpu_seconds(pids)
+        after = cpu_seconds_by_role(pids)
     finally:
         stop_service()
     result = measured.result
