@@ -2,6 +2,7 @@
 and back-pressure, and no KV left behind (leases, slots)."""
 
 import asyncio
+import collections
 import threading
 import time
 from types import SimpleNamespace
@@ -75,28 +76,42 @@ def test_workers_match_in_process_generation_with_continuous_batching(models):
 
 
 def test_a_message_budget_sends_fewer_larger_messages_with_the_same_tokens(models):
-    """4 streams share 1 message/s: each gets its first decoded token at once, then the rest with its finish."""
+    """4 streams share 0.1 message/s: a stream gets its first decoded token at once, its last with everything held,
+    and in between a message only from a step it ran alone (streams join as their KV arrives, so a stream may run
+    alone for a step or two; which steps, the test records)."""
     full, decoder = models
     sender = make_sender("inprocess", secret=KV_SECRET)
     prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
     decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
-                          DecodeSettings(num_slots=4, max_seq_len=128, stream_messages_per_s=1.0))
+                          DecodeSettings(num_slots=4, max_seq_len=128, stream_messages_per_s=0.1))
+    steps_alone = collections.Counter()  # request id -> steps in which it was the only running stream
+    original_step = decode._step
+
+    def recording_step(plan):
+        if len(plan.decode) == 1:
+            steps_alone[plan.decode[0].request_id] += 1
+        return original_step(plan)
+
+    decode._step = recording_step
     params = SamplingParams(max_new_tokens=12)
 
-    async def stream(request_id, prompt):
-        result = await prefill.prefill(PrefillRequest(request_id, prompt, params))
+    async def stream(result):
         return [result.first_token], [chunk.token_ids async for chunk in decode.generate(result, params)]
 
-    async def run():
-        return await asyncio.gather(*(stream(f"paced-{i}", prompt) for i, prompt in enumerate(PROMPTS[:4])))
+    async def run():  # every prompt prefilled first, so the four streams start decoding together
+        results = await asyncio.gather(*(prefill.prefill(PrefillRequest(f"paced-{i}", prompt, params))
+                                         for i, prompt in enumerate(PROMPTS[:4])))
+        return await asyncio.gather(*(stream(result) for result in results))
 
     outputs = asyncio.run(run())
     engine = TwoStageEngine(full, decoder, {EOS})
-    for (first, messages), prompt in zip(outputs, PROMPTS):
+    for i, ((first, messages), prompt) in enumerate(zip(outputs, PROMPTS)):
         assert first + [t for message in messages for t in message] == \
             engine.generate([prompt], params, "overfill")[0].token_ids
-        assert len(messages) <= 2  # held while 4 streams share the budget; a stream left alone is sent at once
-    assert any(len(messages[-1]) > 1 for _, messages in outputs)
+        assert len(messages[0]) == 1  # the first decoded token is never held
+        assert len(messages) <= 2 + steps_alone[f"paced-{i}"]
+    num_messages = sum(len(messages) for _, messages in outputs)
+    assert num_messages < sum(len(message) for _, messages in outputs for message in messages)
     assert decode.cache.num_free_slots == 4 and sender.num_leases == 0
     prefill.close(), decode.close()
 
