@@ -1,11 +1,13 @@
 """Request bytes protobuf refuses become an UnparsableRequest naming the field (INVALID_ARGUMENT, not UNKNOWN).
 (Values at the edge of what validation accepts, such as tiny temperatures, are sampled in tests/test_sampling.py.)"""
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overfill.request_parsing import UnparsableRequest, lenient_parser
+from overfill.request_parsing import MAX_FIELDS_EXPLAINED, UnparsableRequest, lenient_parser
 from overfill.serving.types import ServiceError
 from overfill.serving.validation import Limits, validate_request
 from overfill.v1 import generation_pb2 as pb
@@ -49,6 +51,25 @@ def test_invalid_utf8_is_named_by_field(request_, placeholder, field, raw):
 ])
 def test_malformed_frames_are_named(raw, message):
     assert parse(raw) == UnparsableRequest("overfill.v1.GenerateRequest", message)
+
+
+def test_a_malformed_frame_of_millions_of_fields_is_refused_without_walking_them():
+    """8 MiB of one varint field repeated, then a truncated string: protobuf (C) refuses it at once, and the
+    explanation stops after MAX_FIELDS_EXPLAINED fields instead of walking 4 million in Python on the server's loop."""
+    raw = b"\x18\x01" * 4_190_000 + b"\x0a\x05ab"
+    started = time.perf_counter()
+    parsed = lenient_parser(pb.GenerateRequest, 16 << 20)(raw)
+    elapsed_s = time.perf_counter() - started
+    assert parsed == UnparsableRequest("overfill.v1.GenerateRequest", (
+        f"the request is not a valid overfill.v1.GenerateRequest (its first {MAX_FIELDS_EXPLAINED} fields are well "
+        f"formed; the fault lies after them)"))
+    assert elapsed_s < 1.0  # walking every field took 4-17 s; the bounded walk takes milliseconds
+
+
+def test_a_fault_within_the_explained_fields_is_still_named():
+    raw = b"\x18\x01" * (MAX_FIELDS_EXPLAINED - 1) + b"\x0a\x05ab"
+    assert parse(raw) == UnparsableRequest("overfill.v1.GenerateRequest",
+                                           "prompt is truncated (declares 5 bytes, 2 left)")
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
