@@ -15,6 +15,7 @@ from overfill.engine.sampling import SamplingParams
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import AdmissionRefused, PrefillRequest, ServiceError
+from overfill.status import StatusCode
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
 from tests.tiny import tiny_decoder, tiny_model
 
@@ -134,6 +135,65 @@ def test_cancelled_stream_frees_kv_on_both_sides(models):
 
     asyncio.run(run())
     assert decode.cache.num_free_slots == 4 and decode.stats()["num_running"] == 0
+    prefill.close(), decode.close()
+
+
+def test_a_stream_cancelled_while_its_kv_is_copied_in_gives_its_slot_back_clean(models):
+    """The cancel lands while import_slot runs on the model thread: the slot is given back only after the copy ends,
+    so no freed slot is left holding the cancelled request's length."""
+    prefill, decode, sender = make_workers(models)
+    importing, copy_may_end = threading.Event(), threading.Event()
+    original_import = decode.cache.import_slot
+
+    def slow_import(slot, k, v):
+        importing.set()
+        copy_may_end.wait(5.0)
+        original_import(slot, k, v)
+
+    decode.cache.import_slot = slow_import
+
+    async def run():
+        sampling = SamplingParams(max_new_tokens=20)
+        result = await prefill.prefill(PrefillRequest("imp", PROMPTS[0], sampling))
+        consumer = asyncio.create_task(anext(decode.generate(result, sampling)))
+        await asyncio.to_thread(importing.wait, 5.0)
+        consumer.cancel()
+        await asyncio.sleep(0.05)  # a step boundary may pass (it gives the slot back) before the copy ends
+        copy_may_end.set()
+        await asyncio.gather(consumer, return_exceptions=True)
+        decode.cache.import_slot = original_import
+        assert await wait_until(lambda: decode.cache.num_free_slots == 4)
+        await asyncio.sleep(0.05)  # the copy, had it outlived the slot's release, would land now
+
+    asyncio.run(run())
+    assert decode.cache.lengths == [0, 0, 0, 0] and sender.num_leases == 0
+    prefill.close(), decode.close()
+
+
+def test_a_batch_whose_leasing_fails_part_way_holds_no_lease(models):
+    """The sender publishes the first request's KV, then fails: both requests fail, and the lease already published
+    is released at once, not left to its TTL."""
+    prefill, decode, sender = make_workers(models)
+    original_publish = sender.publish
+    calls = []
+
+    def publish_then_fail(request_id, k, v):
+        calls.append(request_id)
+        if len(calls) == 2:
+            raise OSError("the KV service stopped")
+        return original_publish(request_id, k, v)
+
+    sender.publish = publish_then_fail
+
+    async def run():
+        return await asyncio.gather(*(prefill.prefill(PrefillRequest(f"p{i}", PROMPTS[i], SamplingParams()))
+                                      for i in range(2)), return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    assert len(calls) == 2  # one batch
+    assert all(isinstance(o, ServiceError) and o.code is StatusCode.INTERNAL and "KV service stopped" in str(o)
+               for o in outcomes)
+    assert sender.num_leases == 0 and prefill.stats()["leased_tokens"] == 0
     prefill.close(), decode.close()
 
 

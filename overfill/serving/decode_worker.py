@@ -234,11 +234,17 @@ class DecodeWorker:
                                                        f"{e}") from e
             code = StatusCode.DEADLINE_EXCEEDED if e.code is StatusCode.DEADLINE_EXCEEDED else StatusCode.UNAVAILABLE
             raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed: {e}") from e
-        await loop.run_in_executor(self._model_thread, self.cache.import_slot, slot, k, v)
+        imported = loop.run_in_executor(self._model_thread, self.cache.import_slot, slot, k, v)
         try:
-            await loop.run_in_executor(self._pull_threads, self.receiver.release, prefill.ticket)
-        except KVTransferError as e:  # the copy is safe; an unreleased lease expires on its own
-            log.warning("could not release KV lease of %s: %s", prefill.request_id, e)
+            await asyncio.shield(imported)
+        except asyncio.CancelledError:  # the slot goes back only once nothing writes into it any more
+            await asyncio.wait([imported])
+            raise
+        finally:  # the KV is copied out, whatever happens next: its lease can go
+            try:
+                await loop.run_in_executor(self._pull_threads, self.receiver.release, prefill.ticket)
+            except KVTransferError as e:  # an unreleased lease expires on its own
+                log.warning("could not release KV lease of %s: %s", prefill.request_id, e)
 
     # ---- the step loop -----------------------------------------------------------------------------------------
 

@@ -175,13 +175,20 @@ class PrefillWorker:
 
     def _publish(self, handoffs: dict[str, _Prefilled]) -> dict[str, object]:
         """On the model thread (the one that wrote the KV; see KVSender.publish): a lease per request, or the
-        ServiceError of a request id already leased."""
+        ServiceError of a request id already leased. Raises, holding no lease, when the sender fails."""
         tickets = {}
-        for rid, row in handoffs.items():
-            try:
-                tickets[rid] = self.sender.publish(rid, row.k, row.v)
-            except KeyError:
-                tickets[rid] = ServiceError(StatusCode.INVALID_ARGUMENT, f"request_id {rid!r} is already in flight")
+        try:
+            for rid, row in handoffs.items():
+                try:
+                    tickets[rid] = self.sender.publish(rid, row.k, row.v)
+                except KeyError:
+                    tickets[rid] = ServiceError(StatusCode.INVALID_ARGUMENT,
+                                                f"request_id {rid!r} is already in flight")
+        except Exception:  # the batch fails as a whole: the leases published before the failure go too
+            for rid, ticket in tickets.items():
+                if not isinstance(ticket, ServiceError):
+                    self.sender.release(rid)
+            raise
         return tickets
 
     def _answer(self, events: list[Event], tickets: dict[str, object]) -> None:
