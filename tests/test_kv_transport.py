@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from overfill.status import StatusCode
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
 from overfill.transport.leases import LeaseTable
 from overfill.transport.wire import KEY, Chunk, KVAssembler, KVLayout, KVWireError, encode_chunks
@@ -273,3 +274,22 @@ def test_grpc_renew_needs_the_secret_and_one_to_1024_ids(grpc_pair):
     assert renewal.not_found == set(others) and renewal.ttl_s == sender.leases.ttl_s
     assert sender.leases.get("kept").expires_at > expires_at
     assert receiver.release(ticket) and sender.num_leases == 0
+
+
+def test_a_gone_prefill_replica_is_forgotten_by_the_receiver():
+    """The KV service stops (its replica went away): the pull fails UNAVAILABLE and the receiver keeps no channel to
+    that address; a live one keeps its channel."""
+    gone, live = make_sender("grpc", secret=SECRET), make_sender("grpc", secret=SECRET)
+    receiver = make_receiver("grpc", secret=SECRET)
+    try:
+        k, v = random_kv()
+        lost, kept = gone.publish("lost", k, v), live.publish("kept", k, v)
+        assert receiver.release(kept) is True
+        gone.close()
+        with pytest.raises(KVTransferError) as refused:
+            receiver.pull(lost, KVLayout.of(k), timeout_s=5.0)
+        assert refused.value.code is StatusCode.UNAVAILABLE
+        assert receiver.channels.addresses == [live.address]
+    finally:
+        receiver.close()
+        live.close()

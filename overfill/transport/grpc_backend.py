@@ -12,7 +12,9 @@ import dataclasses
 import hmac
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,6 +24,7 @@ from overfill.status import StatusCode
 from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_message, is_header_message
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseRenewal, LeaseTable
+from overfill.transport.peer_channels import PeerChannels
 from overfill.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DTYPES,
@@ -161,35 +164,38 @@ class GrpcKVSender(KVSender):
 
 
 class GrpcKVReceiver(KVReceiver):
-    """Pulls leases from any prefill replica's KV service; one channel per address, reused."""
+    """Pulls leases from any prefill replica's KV service; one channel per address, shared (peer_channels.py)."""
 
     def __init__(self, secret: str, **_):
         if not secret:
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         self.metadata = ((SECRET_METADATA_KEY, secret),)
-        self._stubs: dict[str, tuple] = {}
-        self._channels: list[grpc.Channel] = []
-        self._lock = threading.Lock()
+        self.channels = PeerChannels(lambda address: grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]))
 
-    def _stub(self, address: str) -> tuple[pb_grpc.KVTransferStub, grpc.UnaryStreamMultiCallable]:
-        """(stub for Release, raw Pull callable that returns serialized KVMessages)."""
-        with self._lock:
-            if address not in self._stubs:
-                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-                self._channels.append(channel)
-                raw_pull = channel.unary_stream(f"/{SERVICE_NAME}/Pull",
-                                                request_serializer=pb.PullRequest.SerializeToString,
-                                                response_deserializer=None)
-                self._stubs[address] = (pb_grpc.KVTransferStub(channel), raw_pull)
-            return self._stubs[address]
+    @contextmanager
+    def _stub(self, address: str) -> Iterator[pb_grpc.KVTransferStub]:
+        with self.channels.use(address) as channel:
+            yield pb_grpc.KVTransferStub(channel)
 
     def pull(self, ticket: KVTicket, expected: KVLayout, timeout_s: float = 30.0):
         request = pb.PullRequest(request_id=ticket.request_id, expected_geometry=_geometry(expected),
                                  expected_dtype=expected.dtype)
         if not expected.num_tokens:  # the ticket says how many tokens were leased: a header may claim no more
             expected = dataclasses.replace(expected, num_tokens=ticket.layout.num_tokens)
+        try:
+            with self.channels.use(ticket.address) as channel:
+                raw_pull = channel.unary_stream(f"/{SERVICE_NAME}/Pull", response_deserializer=None,  # bytes kept
+                                                request_serializer=pb.PullRequest.SerializeToString)
+                return self._receive(raw_pull(request, metadata=self.metadata, timeout=timeout_s), ticket, expected)
+        except KVTransferError as e:
+            if e.code is StatusCode.UNAVAILABLE:  # the replica is gone or unreachable: dial again next time
+                self.channels.forget(ticket.address)
+            raise
+
+    @staticmethod
+    def _receive(call, ticket: KVTicket, expected: KVLayout):
         assembler = None
-        call = self._stub(ticket.address)[1](request, metadata=self.metadata, timeout=timeout_s)
         try:
             for raw in call:
                 if is_header_message(raw):
@@ -224,19 +230,21 @@ class GrpcKVReceiver(KVReceiver):
 
     def release(self, ticket: KVTicket) -> bool:
         try:
-            response = self._stub(ticket.address)[0].Release(pb.ReleaseRequest(request_id=ticket.request_id),
-                                                          metadata=self.metadata, timeout=10.0)
+            with self._stub(ticket.address) as stub:
+                response = stub.Release(pb.ReleaseRequest(request_id=ticket.request_id), metadata=self.metadata,
+                                        timeout=10.0)
         except grpc.RpcError as e:
             raise KVTransferError(StatusCode.of_grpc(e.code()), e.details() or "KV release failed") from e
         return response.released
 
     def renew(self, address: str, request_ids: list[str], timeout_s: float = 10.0) -> LeaseRenewal:
-        stub = self._stub(address)[0]
         ttls, not_found = [], set()
         for start in range(0, len(request_ids), MAX_RENEW_IDS):
             batch = request_ids[start:start + MAX_RENEW_IDS]
             try:
-                response = stub.Renew(pb.RenewRequest(request_ids=batch), metadata=self.metadata, timeout=timeout_s)
+                with self._stub(address) as stub:
+                    response = stub.Renew(pb.RenewRequest(request_ids=batch), metadata=self.metadata,
+                                          timeout=timeout_s)
             except grpc.RpcError as e:
                 raise KVTransferError(StatusCode.of_grpc(e.code()), e.details() or "KV lease renewal failed") from e
             ttls.append(response.ttl_s)
@@ -244,8 +252,7 @@ class GrpcKVReceiver(KVReceiver):
         return LeaseRenewal(min(ttls, default=0.0), frozenset(not_found))
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        self.channels.close()
 
 
 register_backend("grpc", GrpcKVSender, GrpcKVReceiver)

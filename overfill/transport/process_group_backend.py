@@ -341,9 +341,9 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
     def _open(self, address: str, deadline: float) -> PairGroup:
         """On the pair lock: ask the prefill replica for a group, then join it as rank 1."""
         try:
-            response = self._stub(address)[0].OpenGroup(
-                pb.OpenGroupRequest(receiver_id=self.receiver_id, backend=self.backend), metadata=self.metadata,
-                timeout=max(0.0, deadline - time.monotonic()))
+            with self._stub(address) as stub:
+                response = stub.OpenGroup(pb.OpenGroupRequest(receiver_id=self.receiver_id, backend=self.backend),
+                                          metadata=self.metadata, timeout=max(0.0, deadline - time.monotonic()))
         except grpc.RpcError as e:
             raise _rpc_error(e, "opening a KV process group failed") from e
         try:
@@ -362,8 +362,8 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         request = pb.SendRequest(request_id=ticket.request_id, expected_geometry=_geometry(expected),
                                  expected_dtype=expected.dtype, group_id=group.group_id)
         try:
-            header = self._stub(ticket.address)[0].Send(request, metadata=self.metadata,
-                                                         timeout=max(0.0, deadline - time.monotonic()))
+            with self._stub(ticket.address) as stub:
+                header = stub.Send(request, metadata=self.metadata, timeout=max(0.0, deadline - time.monotonic()))
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
                 self._drop(ticket.address)  # the group is gone there, or the state of the pair is unknown
