@@ -51,8 +51,8 @@ def with_request_id(kwargs: dict) -> dict:
 
 
 def make_request(prompt: str | None = None, messages: list[dict] | None = None, max_tokens: int = 0,
-                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: list[str] = (), request_id: str = "") -> pb.GenerateRequest:
+                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 seed: int | None = None, stop: list[str] = (), request_id: str = "") -> pb.GenerateRequest:
     """Exactly one of `prompt` (raw text) or `messages` (chat, [{"role", "content"}, ...])."""
     request = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), request_id=request_id)
     if prompt is not None:
@@ -63,6 +63,8 @@ def make_request(prompt: str | None = None, messages: list[dict] | None = None, 
         request.temperature = temperature
     if top_p is not None:
         request.top_p = top_p
+    if top_k is not None:
+        request.top_k = top_k
     if seed is not None:
         request.seed = seed
     return request

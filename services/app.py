@@ -1,6 +1,6 @@
 """Build and run the service: `build_app(config)` is the one path for the CLI, the tests and deploy files.
 
-    client --gRPC--> router (ingress) --> prefill pool (full model) --KV over gRPC--> decode pool (decoder)
+    client --gRPC or HTTP--> router (ingress) --> prefill pool (full model) --KV over gRPC--> decode pool (decoder)
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from services.router.server import GenerationRouter
 
 log = logging.getLogger(__name__)
 
-SERVICER_FUNCTIONS = ["services.router.grpc_handlers.add_generation_servicer"]
+# What Ray Serve's gRPC proxy serves (on top of reflection, which it serves itself): our API, and the standard
+# health service (grpc_health's own registration; the proxy routes Check and Watch to the router's methods).
+SERVICER_FUNCTIONS = ["services.router.grpc_handlers.add_generation_servicer",
+                      "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"]
 ROUTING_STATS_PERIOD_S = 0.5
 
 
@@ -43,7 +46,8 @@ def build_app(config: ServiceConfig, prefill_server: type = PrefillServer, decod
                     max_ongoing=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8)
     decode = _pool(decode_server, "decode", config.decode, MostFreeKVRouter,
                    max_ongoing=config.decode.num_slots + config.decode.max_waiting + 8)
-    router = serve.deployment(GenerationRouter).options(
+    # serve.ingress(): the router also answers HTTP, with the ASGI app its `__serve_build_asgi_app__` builds.
+    router = serve.deployment(serve.ingress()(GenerationRouter)).options(
         name="router", num_replicas=config.server.num_replicas,
         ray_actor_options={"num_cpus": config.server.num_cpus},
         max_ongoing_requests=config.server.max_ongoing_requests,
@@ -224,6 +228,11 @@ def stop_service() -> None:
         ray.shutdown()
 
 
+def openai_base_path(config: ServiceConfig) -> str:
+    """The HTTP API's base path (what the OpenAI SDKs take in base_url): /v1 under the application's route prefix."""
+    return config.server.route_prefix.rstrip("/") + "/v1"
+
+
 def read_serve_file(path: str | Path | None) -> dict | None:
     """The parsed deploy file when it is a Ray Serve config (has `applications`), else None."""
     if path is None:
@@ -253,6 +262,9 @@ def serve_forever(config: ServiceConfig, serve_file: dict | None = None) -> None
         print(f"OverFill Serve ready on {address} ({kind}, overfill.v1.Generation) after "
               f"{time.perf_counter() - started:.0f} s: full {config.models.full}, decoder {config.models.decoder}, "
               f"{replicas.get('prefill', 0)} prefill + {replicas.get('decode', 0)} decode replica(s)", flush=True)
+        http_host = serve_config_of(config, serve_file)["http_options"]["host"]
+        print(f"OpenAI-compatible HTTP API on http://{http_host}:{config.server.http_port}{openai_base_path(config)} "
+              f"(model {config.server.served_model_name or config.models.full!r})", flush=True)
         print(f"metrics: http://127.0.0.1:{config.server.metrics_port}/metrics (Prometheus)", flush=True)
         if not config.auth.enabled:
             print(f"WARNING: {AUTH_OFF_WARNING}", flush=True)

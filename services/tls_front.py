@@ -6,11 +6,12 @@ ray/serve/_private/default_impl.py `add_grpc_address`); it has no TLS option. Wh
 
     client --TLS--> front [::]:server.tls_port --plaintext, loopback--> Serve gRPC proxy :server.grpc_port --> router
 
-The front forwards every method of the services it knows (overfill.v1.Generation, and Ray Serve's own
-RayServeAPIService health/listing) unchanged: request and response bytes (never parsed), the request metadata
-(the API key included: the router checks it), the deadline, cancellation (a client that goes away cancels the
-upstream call, which cancels the request in the router), and the status, details and trailing metadata that come
-back. It holds no state of its own. With TLS on, only `tls_port` is public: `grpc_port` must not be reachable from
+The front forwards every method of the services it knows (overfill.v1.Generation, grpc.health.v1.Health, and Ray
+Serve's own RayServeAPIService health/listing) unchanged: request and response bytes (never parsed), the request
+metadata (the API key included: the router checks it), the deadline, cancellation (a client that goes away cancels
+the upstream call, which cancels the request in the router), and the status, details and trailing metadata that
+come back. Server reflection, which streams both ways, it answers itself from the same .proto descriptors. It holds
+no state of its own. With TLS on, only `tls_port` is public: `grpc_port` must not be reachable from
 outside the host (firewall it; the Serve proxy binds all interfaces).
 
 Where the service is deployed by `serve run` or KubeRay instead, this process does not exist: terminate TLS at the
@@ -25,6 +26,8 @@ import threading
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
 
 from overfill.serving.config import ConfigError, ServerConfig
 from overfill.v1 import generation_pb2
@@ -40,11 +43,13 @@ HOP_HEADERS = ("user-agent", "te", "content-type", "host")
 
 def forwarded_methods() -> dict[str, bool]:
     """'/package.Service/Method' -> whether the server streams, for each method the front forwards. Client
-    streaming methods are not forwarded (none exist in the API)."""
+    streaming methods are not forwarded (none exist in the API; reflection, which streams both ways, is answered by
+    the front itself)."""
     from ray.serve.generated import serve_pb2
 
     methods = {}
     for service in (generation_pb2.DESCRIPTOR.services_by_name["Generation"],
+                    health_pb2.DESCRIPTOR.services_by_name["Health"],
                     serve_pb2.DESCRIPTOR.services_by_name["RayServeAPIService"]):
         for method in service.methods:
             if not method.client_streaming:
@@ -156,6 +161,11 @@ class TLSFront:
         server = grpc.aio.server(handlers=[_PassThrough(channel, forwarded_methods())], options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)])
+        # Reflection from the front's own descriptors (the same .proto files the proxy's reflection answers from):
+        # grpcurl and Postman discover the API on the TLS port too.
+        reflection.enable_server_reflection([generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
+                                             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                             reflection.SERVICE_NAME], server)
         try:
             if server.add_secure_port(f"{self.host}:{self.port}", self.credentials) == 0:
                 raise OSError(f"the TLS front could not bind {self.host}:{self.port} (server.tls_port)")

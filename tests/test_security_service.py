@@ -1,6 +1,6 @@
 """Security of the running service (one tiny application for the module): API keys at the ingress (from a file
 and from the environment), TLS through the front (services/tls_front.py) with a self-signed certificate made here,
-and no prompt in any log file the cluster wrote."""
+grpc.health.v1 and reflection on the TLS port, and no prompt in any log file the cluster wrote (gRPC and HTTP)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def service(tmp_path_factory, service_models):
                "config": config, "logs_dir": logs_dir}
 
 
+def http_post(service, path: str, body: dict) -> int:
+    """The HTTP status of a POST to the OpenAI-compatible API with a valid key."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{service['config'].server.http_port}{path}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "authorization": f"Bearer {FILE_KEY}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def refused(call) -> OverFillError:
     with pytest.raises(OverFillError) as error:
         call()
@@ -87,7 +103,7 @@ def test_every_rpc_but_health_needs_a_valid_key(service):
                      lambda: list(anonymous.generate(PROMPT, max_tokens=4))):
             error = refused(call)
             assert (error.code, error.message) == ("UNAUTHENTICATED", naming_the_request(
-                "missing API key: send gRPC metadata `authorization: Bearer <key>`", error))
+                "missing API key: send `authorization: Bearer <key>` (gRPC metadata, or the HTTP header)", error))
     wrong = "wrong-key-" + "9" * 16
     with OverFillClient(service["plain"], timeout_s=60, api_key=wrong) as client:
         error = refused(lambda: list(client.generate(PROMPT, max_tokens=4)))
@@ -133,6 +149,23 @@ def test_tls_front_forwards_calls_statuses_deadlines_and_cancellation(service):
     assert_no_kv_left(service["config"])
 
 
+def test_tls_front_serves_grpc_health_and_reflection(service):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=service["cert"].read_bytes())
+    with grpc.secure_channel(service["tls"], credentials) as channel:
+        health = health_pb2_grpc.HealthStub(channel)  # forwarded to the router, no key needed
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="overfill.v1.Generation"), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())  # answered by the front
+    assert {"overfill.v1.Generation", "grpc.health.v1.Health"} <= services
+
+
 def test_the_tls_port_refuses_plaintext_and_unknown_certificates(service, tmp_path):
     with OverFillClient(service["tls"], timeout_s=10, api_key=FILE_KEY) as plaintext:
         assert refused(plaintext.health).code == "UNAVAILABLE"
@@ -148,6 +181,10 @@ def test_no_prompt_in_any_log_file(service):
         for bad in (dict(temperature=float("nan")), dict(max_tokens=10_000), dict(stop=["x" * 1000])):
             assert refused(lambda: client.generate_unary(PROMPT, **bad)).code == "INVALID_ARGUMENT"
         assert refused(lambda: client.generate_unary(" ".join([PROMPT] * 40))).code == "RESOURCE_EXHAUSTED"
+    # The HTTP API's refusals (a bad field next to the prompt, a context overflow) and a completion log no prompt.
+    for body, status in (({"prompt": PROMPT, "temperature": "hot"}, 400), ({"prompt": " ".join([PROMPT] * 40)}, 400),
+                         ({"prompt": PROMPT, "max_tokens": 4}, 200)):
+        assert http_post(service, "/v1/completions", {"model": service["config"].models.full, **body}) == status
     logs = [p for p in service["logs_dir"].rglob("*") if p.is_file()]
 
     def logged(text: str) -> list[Path]:

@@ -73,7 +73,9 @@ def test_valid_requests_tokenize_once():
     tokenizer = tiny_tokenizer()
     raw = validate_request(pb.GenerateRequest(prompt="hello", max_tokens=4, seed=3), tokenizer, LIMITS)
     assert raw.prompt_ids == tokenizer("hello")["input_ids"] and raw.sampling.max_new_tokens == 4
-    assert raw.sampling.seed == 3 and raw.sampling.greedy and len(raw.request_id) == 32
+    assert raw.sampling.seed == 3 and raw.sampling.greedy and len(raw.request_id) == 32 and raw.sampling.top_k == 0
+    top_k = validate_request(pb.GenerateRequest(prompt="hello", temperature=0.7, top_k=5), tokenizer, LIMITS)
+    assert top_k.sampling.top_k == 5 and top_k.sampling.temperature == pytest.approx(0.7)
     chat = validate_request(pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")]),
                                                request_id="abc-1"), tokenizer, LIMITS)
     assert chat.request_id == "abc-1" and chat.sampling.max_new_tokens == 8 and len(chat.prompt_ids) > 2

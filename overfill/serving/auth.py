@@ -1,10 +1,11 @@
-"""API keys for the public gRPC API: where they come from, and the constant-time check of a request's key.
+"""API keys for the public APIs (gRPC, and the OpenAI-compatible HTTP API): where they come from, and the
+constant-time check of a request's key.
 
-A client sends `authorization: Bearer <key>` as gRPC metadata. The accepted keys come from `auth.api_keys_file`
-(one key per line; blank lines and lines starting with `#` are ignored) and/or the environment variable named by
-`auth.api_keys_env` (keys separated by commas). They are read where they are checked (the router replica), so a
-deployment hands them over the way it hands over any secret: a mounted file or an environment variable, never the
-config itself.
+A client sends `authorization: Bearer <key>` as gRPC metadata or as an HTTP header. The accepted keys come from
+`auth.api_keys_file` (one key per line; blank lines and lines starting with `#` are ignored) and/or the environment
+variable named by `auth.api_keys_env` (keys separated by commas). They are read where they are checked (the router
+replica), so a deployment hands them over the way it hands over any secret: a mounted file or an environment
+variable, never the config itself.
 
 The check hashes the sent key and compares it with every accepted key's hash with `hmac.compare_digest`, without
 stopping at the first match: the time taken says nothing about which key, or how much of one, was right. Refusals
@@ -26,12 +27,13 @@ AUTH_METADATA_KEY = "authorization"
 BEARER = "bearer"
 MIN_KEY_CHARS = 16
 KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what gRPC metadata values may carry
-AUTH_OFF_WARNING = ("auth.enabled is false: the gRPC API serves anyone who can reach its port, without an API key. "
-                    "Set auth.enabled=true with auth.api_keys_file or $OVERFILL_API_KEYS beyond a trusted machine.")
+AUTH_OFF_WARNING = ("auth.enabled is false: the gRPC and HTTP APIs serve anyone who can reach their ports, without an "
+                    "API key. Set auth.enabled=true with auth.api_keys_file or $OVERFILL_API_KEYS beyond a trusted "
+                    "machine.")
 
 # Why a request was refused -> what the client is told (and the `reason` tag of the rejection metric).
 REFUSALS = {
-    "missing": "missing API key: send gRPC metadata `authorization: Bearer <key>`",
+    "missing": "missing API key: send `authorization: Bearer <key>` (gRPC metadata, or the HTTP header)",
     "malformed": "malformed authorization metadata: expected `Bearer <key>`",
     "invalid": "invalid API key",
 }

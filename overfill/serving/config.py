@@ -83,10 +83,12 @@ class KVConfig:
 @dataclass
 class ServerConfig:
     grpc_port: int = 9000
-    http_port: int = 8000                 # Ray Serve's HTTP proxy (unused by the API, bound to 127.0.0.1)
+    http_port: int = 8000                 # the OpenAI-compatible HTTP API (Ray Serve's HTTP proxy; 127.0.0.1 unless
+                                          # the deploy file's http_options.host says otherwise)
     metrics_port: int = 8080              # Prometheus /metrics of the local Ray cluster `overfill serve` starts
     app_name: str = "overfill"
-    route_prefix: str = "/overfill"
+    route_prefix: str = "/"               # where the HTTP API is mounted: /v1/chat/completions under "/"
+    served_model_name: str = ""           # the model id of the HTTP API (/v1/models, `model`); "": models.full
     max_context_tokens: int = 2048        # prompt + generated tokens per request
     max_tokens_limit: int = 1024          # the largest max_tokens accepted
     default_max_tokens: int = 128

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from overfill.engine.sampling_params import SamplingParams
@@ -21,6 +22,24 @@ class ServiceError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+    def with_message(self, message: str) -> ServiceError:
+        """The same error, its type and whatever a subclass carries included, with another message."""
+        error = copy.copy(self)
+        error.message, error.args = message, (self.code, message)
+        return error
+
+
+class ContextLengthExceeded(ServiceError):
+    """RESOURCE_EXHAUSTED because the prompt plus max_tokens cannot fit the context. Unlike a full queue, the same
+    request never succeeds later: the HTTP API answers it 400 (context_length_exceeded), not 429, which clients
+    retry."""
+
+    def __init__(self, message: str):
+        super().__init__(StatusCode.RESOURCE_EXHAUSTED, message)
+
+    def __reduce__(self):
+        return type(self), (self.message,)
 
 
 class AdmissionRefused(ServiceError):

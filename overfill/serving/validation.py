@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from overfill.engine.sampling import SamplingParams
 from overfill.prompts import has_chat_template, render_chat
 from overfill.request_parsing import UnparsableRequest
-from overfill.serving.types import ServiceError
+from overfill.serving.types import ContextLengthExceeded, ServiceError
 from overfill.status import StatusCode
 
 MAX_STOP_STRINGS = 8
@@ -47,9 +47,8 @@ def _tokenize(tokenizer, text: str, field: str, max_tokens: int, limits: Limits,
     takes seconds to tokenize, only to be refused afterwards."""
     room = limits.max_context_tokens - max_tokens
     if limits.max_token_chars and len(text) > CHARS_PER_TOKEN_SLACK * limits.max_token_chars * room:
-        raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"{field} ({len(text)} characters) cannot fit the "
-                                                          f"{room} tokens left by max_tokens ({max_tokens}) in the "
-                                                          f"context of {limits.max_context_tokens}")
+        raise ContextLengthExceeded(f"{field} ({len(text)} characters) cannot fit the {room} tokens left by "
+                                    f"max_tokens ({max_tokens}) in the context of {limits.max_context_tokens}")
     return tokenizer(text, **kwargs)["input_ids"]
 
 
@@ -94,6 +93,7 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     top_p = request.top_p if request.HasField("top_p") else 1.0
     if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
         raise _invalid(f"top_p must be in (0, 1], got {top_p}")
+    top_k = request.top_k if request.HasField("top_k") else 0  # uint32: never negative; 0 is no cut
     seed = request.seed if request.HasField("seed") else None
     stop = list(request.stop)
     if len(stop) > MAX_STOP_STRINGS:
@@ -129,10 +129,10 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     if not prompt_ids:
         raise _invalid("prompt encodes to no tokens")
     if len(prompt_ids) + max_tokens > limits.max_context_tokens:
-        raise ServiceError(StatusCode.RESOURCE_EXHAUSTED, f"prompt ({len(prompt_ids)} tokens) + max_tokens "
-                                                          f"({max_tokens}) exceeds the context of "
-                                                          f"{limits.max_context_tokens} tokens")
-    sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_tokens)
+        raise ContextLengthExceeded(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+                                    f"context of {limits.max_context_tokens} tokens")
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                              max_new_tokens=max_tokens)
     return ValidRequest(request_id, prompt_ids, sampling, stop)
 
 

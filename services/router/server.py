@@ -1,11 +1,14 @@
-"""The gRPC ingress (Ray Serve deployment behind Ray Serve's gRPC proxy): the `overfill.v1.Generation` service.
+"""The ingress (a Ray Serve deployment behind both of Ray Serve's proxies): the `overfill.v1.Generation` gRPC
+service, `grpc.health.v1.Health`, and the OpenAI-compatible HTTP API (services/router/openai_http.py), all through
+one request path.
 
-Method names are the RPC names. Each request: validate and tokenize once, prefill (a ticket comes back, never KV
-bytes), stream the decode pool's tokens back with incremental detokenization and stop strings. Errors are mapped to
-gRPC statuses in one place (`_abort`); cancellation by the client (or its deadline) reaches the decode replica's
-stream, which frees the sequence, and any lease decode has not pulled yet is released here. A request whose decode
-replica dies mid-stream is migrated once (see `_generate`, docs/architecture.md "Failure handling").
-"""
+gRPC method names are the RPC names. Each request: validate and tokenize once, prefill (a ticket comes back, never
+KV bytes), stream the decode pool's tokens back with incremental detokenization and stop strings. Errors become
+statuses in one place (`status_of`); the gRPC methods set them on the call, the HTTP API maps them to HTTP
+(overfill/serving/openai_errors.py). Cancellation by the client (a gRPC cancel or deadline, an HTTP client that
+disconnects) reaches the decode replica's stream, which frees the sequence, and any lease decode has not pulled yet
+is released here. A request whose decode replica dies mid-stream is migrated once (see `_generate`,
+docs/architecture.md "Failure handling")."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from grpc_health.v1 import health_pb2
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
@@ -39,11 +43,24 @@ from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics
 from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
+from services.router.grpc_handlers import SERVICE_NAME
 from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
 
 MAX_MIGRATIONS = 1  # times a request whose decode replica died continues on another one; then UNAVAILABLE
+HEALTH_TIMEOUT_S = 5.0  # a pool whose replicas do not answer within this is not serving
+HEALTH_WATCH_PERIOD_S = 2.0  # how often a grpc.health.v1 Watch looks at the pools again
+HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # what grpc.health.v1 answers for: the server as a whole, and the API
+
+
+def health_status(serving: bool) -> int:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def unknown_health_service(service: str) -> str:
+    return (f"unknown service {service[:64]!r}: health is reported for "
+            f"{' and '.join(repr(n) for n in HEALTH_SERVICE_NAMES)}")
 
 
 def lease_releaser(config: ServiceConfig) -> KVReceiver:
@@ -117,17 +134,23 @@ class GenerationRouter:
     # ---- RPCs: unpack -> call -> pack ----------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
-        self._authenticate(grpc_context)
-        async for response in self._observed(request, grpc_context):
-            yield response
+        try:
+            self.check_api_key(grpc_context.invocation_metadata())
+            async for response in self.observed_generate(request):
+                yield response
+        except ServiceError as e:
+            self._abort(e, grpc_context)
 
     async def GenerateUnary(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
-        self._authenticate(grpc_context)
         text, token_ids, last = [], [], None
-        async for response in self._observed(request, grpc_context):
-            text.append(response.text)
-            token_ids.extend(response.token_ids)
-            last = response
+        try:
+            self.check_api_key(grpc_context.invocation_metadata())
+            async for response in self.observed_generate(request):
+                text.append(response.text)
+                token_ids.extend(response.token_ids)
+                last = response
+        except ServiceError as e:
+            self._abort(e, grpc_context)
         return pb.GenerateUnaryResponse(text="".join(text), token_ids=token_ids, finish_reason=last.finish_reason,
                                         usage=last.usage, request_id=last.request_id)
 
@@ -135,27 +158,85 @@ class GenerationRouter:
         """No API key needed: load balancer and Kubernetes probes carry none, and it tells only SERVING or not and
         the replica counts."""
         self._refuse_unparsable(request, grpc_context)
-        replicas = await self.replica_counts.get()
-        try:
-            await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()), 5.0)
-            return pb.HealthResponse(status="SERVING", replicas=replicas)
-        except Exception:  # noqa: BLE001  no healthy replica in a pool
-            return pb.HealthResponse(status="NOT_SERVING", replicas=replicas)
+        serving, replicas = await self.serving()
+        return pb.HealthResponse(status="SERVING" if serving else "NOT_SERVING", replicas=replicas)
 
     async def GetModelInfo(self, request: pb.ModelInfoRequest, grpc_context: RayServegRPCContext):
-        self._authenticate(grpc_context)
+        try:
+            self.check_api_key(grpc_context.invocation_metadata())
+        except ServiceError as e:
+            self._abort(e, grpc_context)
         self._refuse_unparsable(request, grpc_context)
         return self.model_info
+
+    # grpc.health.v1.Health (registered by grpc_health's own add_HealthServicer_to_server; the proxy calls these by
+    # method name). No API key, like Health.
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    grpc_context: RayServegRPCContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in HEALTH_SERVICE_NAMES:
+            self._abort(ServiceError(StatusCode.NOT_FOUND, unknown_health_service(request.service)), grpc_context)
+        serving, _ = await self.serving()
+        return health_pb2.HealthCheckResponse(status=health_status(serving))
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context: RayServegRPCContext):
+        """The status now, then again each time it changes, until the client goes away (an unknown service:
+        SERVICE_UNKNOWN, as the health protocol asks, and the stream stays open)."""
+        last = None
+        while True:
+            if request.service in HEALTH_SERVICE_NAMES:
+                status = health_status((await self.serving())[0])
+            else:
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(HEALTH_WATCH_PERIOD_S)
+
+    def __serve_build_asgi_app__(self):
+        """The OpenAI-compatible HTTP API on Ray Serve's HTTP proxy, served by this same replica (build_app wraps
+        this class with `serve.ingress()`, which calls this once the replica is constructed)."""
+        from services.router.openai_http import build_openai_app
+
+        return build_openai_app(self)
+
+    # ---- shared by both APIs -------------------------------------------------------------------------------------
+
+    async def serving(self) -> tuple[bool, dict[str, int]]:
+        """Whether both pools serve: each has a RUNNING replica (as Serve's controller last said) and answers within
+        HEALTH_TIMEOUT_S; and the running replicas per deployment. A pool Serve reports empty is not serving at
+        once, rather than after the timeout (a Kubernetes probe waits 1 s by default)."""
+        replicas = await self.replica_counts.get()
+        if replicas and not (replicas.get("prefill") and replicas.get("decode")):
+            return False, replicas
+        try:
+            await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()),
+                                   HEALTH_TIMEOUT_S)
+            return True, replicas
+        except Exception:  # noqa: BLE001  no healthy replica in a pool
+            return False, replicas
+
+    def check_api_key(self, metadata) -> None:
+        """The ingress check, before anything else of a request runs: `authorization: Bearer <key>` (gRPC metadata
+        or HTTP headers, as (name, value) pairs) against every accepted key in constant time
+        (overfill/serving/auth.py). A refusal is UNAUTHENTICATED, never echoes what was sent, and is counted by
+        reason (missing, malformed, invalid)."""
+        if self.api_keys is None:  # auth.enabled is false
+            return
+        reason = self.api_keys.refusal(metadata)
+        if reason is not None:
+            self.metrics.auth_rejections.inc(1, tags={"reason": reason})
+            raise ServiceError(StatusCode.UNAUTHENTICATED, REFUSALS[reason])
 
     def _refuse_unparsable(self, request, grpc_context: RayServegRPCContext) -> None:
         """Bytes protobuf refused reach us as UnparsableRequest (grpc_handlers.py): INVALID_ARGUMENT naming the
         field. (GenerateRequests are refused by validate_request.)"""
         if isinstance(request, UnparsableRequest):
-            self._abort(ServiceError(StatusCode.INVALID_ARGUMENT, request.message), grpc_context, "")
+            self._abort(ServiceError(StatusCode.INVALID_ARGUMENT, request.message), grpc_context)
 
-    async def _observed(self, request: pb.GenerateRequest,
-                        grpc_context: RayServegRPCContext) -> AsyncIterator[pb.GenerateResponse]:
-        """`_generate` with its metrics (TTFT, ITL, E2E, tokens, outcome) and its errors turned into statuses."""
+    async def observed_generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+        """`_generate` with its metrics (TTFT, ITL, E2E, tokens, outcome); a failure leaves as the ServiceError
+        `status_of` makes of it. Both APIs run every request through here."""
         self.num_running += 1
         self.metrics.running.set(self.num_running)
         status = "OK"
@@ -179,44 +260,37 @@ class GenerationRouter:
             status = StatusCode.CANCELLED.value
             raise
         except Exception as e:  # noqa: BLE001  every failure leaves as a status
-            status = (service_error_of(e) or ServiceError(StatusCode.INTERNAL, "")).code.value
             request_id = getattr(request, "request_id", "")  # an UnparsableRequest has none
             # A status names a valid id only: a 20 KB one overflowed the trailers (the client saw RESOURCE_EXHAUSTED).
-            self._abort(e, grpc_context, request_id if REQUEST_ID.fullmatch(request_id) else "")
+            error = self.status_of(e, request_id if REQUEST_ID.fullmatch(request_id) else "")
+            status = error.code.value
+            raise error from None
         finally:
             self.num_running -= 1
             self.metrics.running.set(self.num_running)
             if status != "OK":
                 self.metrics.requests.inc(1, tags={"status": status})
 
-    def _authenticate(self, grpc_context: RayServegRPCContext) -> None:
-        """The ingress check, before anything else of a request runs: `authorization: Bearer <key>` metadata
-        against every accepted key in constant time (overfill/serving/auth.py). A refusal is UNAUTHENTICATED, never
-        echoes what was sent, and is counted by reason (missing, malformed, invalid)."""
-        if self.api_keys is None:  # auth.enabled is false
-            return
-        reason = self.api_keys.refusal(grpc_context.invocation_metadata())
-        if reason is not None:
-            self.metrics.auth_rejections.inc(1, tags={"reason": reason})
-            self._abort(ServiceError(StatusCode.UNAUTHENTICATED, REFUSALS[reason]), grpc_context, "")
-
-    def _abort(self, error: Exception, grpc_context: RayServegRPCContext, request_id: str) -> None:
-        """The one place errors become statuses (docs/architecture.md, "Errors"); raises so the proxy sends the
-        status. The status leaves without the original exception chained to it: Ray Serve logs what a replica
-        raises, and an exception's message may quote the request (server.log_prompts decides what `request_log`
-        writes)."""
-        if isinstance(error, asyncio.CancelledError):
-            raise error
+    def status_of(self, error: Exception, request_id: str) -> ServiceError:
+        """The one place errors become statuses (docs/architecture.md, "Errors"): the ServiceError the client sees,
+        naming its request. The status leaves without the original exception chained to it: Ray Serve logs what a
+        replica raises, and an exception's message may quote the request (server.log_prompts decides what
+        `request_log` writes)."""
         service_error = service_error_of(error)
         if service_error is None:
             self.request_log.failed(request_id or "(unnamed)", error)
-            service_error = ServiceError(StatusCode.INTERNAL, f"internal error (request_id "
-                                                              f"{request_id or 'unassigned'}): {type(error).__name__}")
-        elif request_id and request_id not in service_error.message:  # every status names its request
-            service_error = ServiceError(service_error.code, f"{service_error.message} (request_id {request_id})")
-        grpc_context.set_code(service_error.code.to_grpc())
-        grpc_context.set_details(service_error.message)
-        raise service_error from None
+            return ServiceError(StatusCode.INTERNAL, f"internal error (request_id {request_id or 'unassigned'}): "
+                                                     f"{type(error).__name__}")
+        if request_id and request_id not in service_error.message:  # every status names its request
+            return service_error.with_message(f"{service_error.message} (request_id {request_id})")
+        return service_error
+
+    @staticmethod
+    def _abort(error: ServiceError, grpc_context: RayServegRPCContext) -> None:
+        """A status to the gRPC client: set on the context, and raised so the proxy sends it."""
+        grpc_context.set_code(error.code.to_grpc())
+        grpc_context.set_details(error.message)
+        raise error from None
 
     # ---- the request's path --------------------------------------------------------------------------------------
 

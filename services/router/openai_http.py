@@ -1,0 +1,184 @@
+"""The OpenAI-compatible HTTP API, served by the router replica on Ray Serve's HTTP proxy (`server.http_port`).
+
+    POST /v1/chat/completions, POST /v1/completions   (stream: server-sent events, else one JSON reply)
+    GET  /v1/models, /v1/models/{id}                  (the served model; `overfill` holds GetModelInfo's fields)
+    GET  /health                                      (200 SERVING / 503 NOT_SERVING; no API key, for probes)
+
+Each endpoint only unpacks, calls and packs: the body becomes the gRPC API's GenerateRequest
+(overfill/serving/openai_schema.py) and runs through `GenerationRouter.observed_generate`, the path a gRPC Generate
+takes (validation, tokenization, prefill, decode, stop strings, migration, metrics). Failures are that path's
+ServiceErrors, answered by `openai_error` (overfill/serving/openai_errors.py). A client that disconnects cancels the
+request: Ray Serve cancels the replica's handler, which cancels the decode stream and releases the KV, as for a
+cancelled gRPC call.
+
+Request ids: the `x-request-id` request header, which Ray Serve's HTTP proxy sets when the client did not (a uuid)
+and echoes on the response; it is the request id of the logs, the `id` of the reply (`chatcmpl-<id>`) and the one
+an error names. Run without the proxy (in-process tests), the app assigns one and sets the header itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from overfill.serving.openai_errors import FieldError, invalid_field, openai_error
+from overfill.serving.openai_schema import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList,
+                                            ReplyBuilder, parse_request)
+from overfill.serving.types import ServiceError
+from overfill.serving.validation import REQUEST_ID
+from overfill.status import StatusCode
+from services.router.grpc_handlers import MAX_REQUEST_BYTES
+
+if TYPE_CHECKING:
+    from services.router.server import GenerationRouter
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def build_openai_app(router: GenerationRouter) -> Starlette:
+    """The ASGI app of one router replica: its endpoints call into `router`."""
+    api = OpenAIEndpoints(router)
+    routes = [
+        Route("/v1/chat/completions", api.endpoint(api.chat_completions), methods=["POST"]),
+        Route("/v1/completions", api.endpoint(api.completions), methods=["POST"]),
+        Route("/v1/models", api.endpoint(api.models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.endpoint(api.model), methods=["GET"]),
+        Route("/health", api.endpoint(api.health, needs_key=False), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found_or_not_allowed})
+
+
+async def not_found_or_not_allowed(request: Request, error: HTTPException) -> Response:
+    """Starlette's own 404 (no such path) and 405 (wrong method), in OpenAI's error shape."""
+    code = StatusCode.NOT_FOUND if error.status_code == 404 else StatusCode.INVALID_ARGUMENT
+    _, body = openai_error(ServiceError(code, f"{request.method} {request.url.path}: {error.detail}"))
+    return JSONResponse(body, status_code=error.status_code)
+
+
+class OpenAIEndpoints:
+    def __init__(self, router: GenerationRouter):
+        self.router = router
+        config = router.config
+        self.model_name = config.server.served_model_name or config.models.full
+        self.model_card = ModelCard(
+            id=self.model_name, created=int(time.time()), max_model_len=config.server.max_context_tokens,
+            overfill=json_format.MessageToDict(router.model_info, preserving_proto_field_name=True))
+
+    def endpoint(self, handler: Callable[[Request, str], Awaitable[Response]],
+                 needs_key: bool = True) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the checks every endpoint shares: its request id, the API key, and every failure
+        answered in OpenAI's error shape with the request id in the `x-request-id` header."""
+        async def run(request: Request) -> Response:
+            sent_id = request.headers.get(REQUEST_ID_HEADER)
+            request_id = sent_id or uuid.uuid4().hex
+            try:
+                if not REQUEST_ID.fullmatch(request_id):
+                    request_id = uuid.uuid4().hex
+                    raise FieldError(StatusCode.INVALID_ARGUMENT, "the x-request-id header must be 1-128 "
+                                                                  "characters of letters, digits and . _ : -", None)
+                if needs_key:
+                    self.router.check_api_key(request.headers.items())
+                response = await handler(request, request_id)
+            except ServiceError as e:
+                response = error_response(e)
+            except Exception as e:  # noqa: BLE001  a bug: INTERNAL naming the request, never a bare 500
+                response = error_response(self.router.status_of(e, request_id))
+            if sent_id is None:  # behind Serve's proxy there is always one, and the proxy echoes it
+                response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        return run
+
+    # ---- endpoints: unpack -> call -> pack ----------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request, request_id: str) -> Response:
+        return await self._generate(request, request_id, ChatCompletionRequest, "chat")
+
+    async def completions(self, request: Request, request_id: str) -> Response:
+        return await self._generate(request, request_id, CompletionRequest, "completion")
+
+    async def models(self, request: Request, request_id: str) -> Response:
+        return JSONResponse(ModelList(data=[self.model_card]).model_dump())
+
+    async def model(self, request: Request, request_id: str) -> Response:
+        if request.path_params["model_id"] != self.model_name:
+            raise FieldError(StatusCode.NOT_FOUND, f"the model {request.path_params['model_id'][:64]!r} does not "
+                                                   f"exist: this service serves {self.model_name!r}", "model",
+                             "model_not_found")
+        return JSONResponse(self.model_card.model_dump())
+
+    async def health(self, request: Request, request_id: str) -> Response:
+        serving, replicas = await self.router.serving()
+        return JSONResponse({"status": "SERVING" if serving else "NOT_SERVING", "replicas": replicas},
+                            status_code=200 if serving else 503)
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+
+    async def _generate(self, request: Request, request_id: str, schema: type, kind: str) -> Response:
+        # 1) The body as the gRPC API's GenerateRequest (HTTP-only checks here; the rest in validate_request).
+        body = parse_request(schema, await read_json(request), self.model_name)
+        generate_request = body.to_generate_request(request_id)
+        builder = ReplyBuilder(kind, request_id, self.model_name, body.include_usage)
+        # 2) The gRPC path. Its first piece comes after validation and prefill, so a refused request gets its HTTP
+        #    status before any byte of a stream is sent.
+        pieces = self.router.observed_generate(generate_request)
+        try:
+            first = await anext(pieces)
+        except BaseException:
+            await pieces.aclose()
+            raise
+        # 3) Packed as OpenAI replies.
+        if body.stream:
+            return StreamingResponse(server_sent_events(first, pieces, builder), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        text, last = [first.text], first
+        async with aclosing(pieces):
+            async for piece in pieces:
+                text.append(piece.text)
+                last = piece
+        return JSONResponse(builder.whole("".join(text), last).model_dump())
+
+
+async def read_json(request: Request) -> object:
+    body = await request.body()
+    if len(body) > MAX_REQUEST_BYTES:
+        raise invalid_field(None, f"the request body is {len(body)} bytes, more than the {MAX_REQUEST_BYTES} "
+                                  f"accepted")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise invalid_field(None, f"the request body is not valid JSON: {type(e).__name__} at position "
+                                  f"{getattr(e, 'pos', '?')}") from None
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    status, body = openai_error(error)
+    return JSONResponse(body, status_code=status)
+
+
+async def server_sent_events(first, pieces: AsyncIterator, builder: ReplyBuilder) -> AsyncIterator[str]:
+    """`data: {chunk}` events, then `data: [DONE]`. A failure after the stream began (the status line is sent)
+    arrives as one `data: {"error": ...}` event, which the OpenAI SDKs raise as an APIError. `pieces` is closed
+    however this ends (a disconnect cancels it mid-await), so its `finally` frees the request's decode slot and lease
+    at once, not whenever the generator is collected."""
+    async with aclosing(pieces):
+        piece = first
+        try:
+            while piece is not None:
+                for chunk in builder.chunks(piece):
+                    yield f"data: {builder.chunk_json(chunk)}\n\n"
+                piece = await anext(pieces, None)
+        except ServiceError as e:
+            yield f"data: {json.dumps(openai_error(e)[1])}\n\n"
+    yield "data: [DONE]\n\n"
+
