@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     client.add_argument("--max-tokens", type=int, default=0, help="0 = the service default")
     client.add_argument("--temperature", type=float)
     client.add_argument("--top-p", type=float)
+    client.add_argument("--top-k", type=int, help="sample among the K most likely tokens (0 = no cut)")
     client.add_argument("--seed", type=int)
     client.add_argument("--stop", action="append", default=[])
     client.add_argument("--raw", action="store_true", help="send PROMPT as raw text (default: one chat user message)")
@@ -64,7 +65,7 @@ def run_client(args: argparse.Namespace) -> int:
                         tls_root_cert=args.tls_ca) as client:
         try:
             for piece in client.generate(**source, max_tokens=args.max_tokens, temperature=args.temperature,
-                                         top_p=args.top_p, seed=args.seed, stop=args.stop):
+                                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
                 if args.json:
                     print(json.dumps(MessageToDict(piece, preserving_proto_field_name=True)), flush=True)
                 else:
