@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from overfill.transport.base import KVTransferError, make_receiver, make_sender
-from overfill.transport.pair_group import PairGroup
+from overfill.transport.pair_group import PairGroup, PairGroupError, StoreHost, connect_store
 from overfill.transport.wire import KVLayout
 from tests import pair_peers
 from tests.test_kv_transport import random_kv
@@ -259,3 +259,33 @@ def test_an_idle_pair_is_closed_and_the_next_pull_reopens_it_transparently():
     finally:
         receiver.close()
         sender.close()
+
+
+@pytest.mark.parametrize("intruder_secret", [SECRET, "a-guess", ""])
+def test_a_peer_joining_the_rendezvous_without_the_secret_gets_no_group(intruder_secret):
+    """Anyone who reaches the TCPStore can read a group id and join as rank 1; the handshake then fails on both
+    sides (no KV moves) unless the joiner holds the secret."""
+    host = StoreHost("127.0.0.1", TIMEOUT_S)
+    group_id = "0123456789abcdef" * 2
+    outcomes = {}
+
+    def join(rank, secret, store):
+        try:
+            group = PairGroup("gloo", store, group_id, rank, "127.0.0.1", TIMEOUT_S, secret)
+            outcomes[rank] = "joined"
+            group.close()
+        except PairGroupError as e:
+            outcomes[rank] = str(e)
+
+    threads = [threading.Thread(target=join, args=(0, SECRET, host.store)),
+               threading.Thread(target=join, args=(1, intruder_secret, connect_store(host.address, TIMEOUT_S)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(2 * TIMEOUT_S)
+    if intruder_secret == SECRET:
+        assert outcomes == {0: "joined", 1: "joined"}
+    else:
+        assert "as rank 1 does not hold the KV secret" in outcomes[0]
+        assert "as rank 0 does not hold the KV secret" in outcomes[1]
+    host.close()

@@ -12,13 +12,22 @@ neither waits behind nor stalls the model's stream; gloo moves CPU tensors (CUDA
 NCCL pairs the point-to-point messages of two ranks in the order they were issued, so a group carries one transfer at
 a time: its callers serialize. Any failure or timeout leaves a group unusable (a half-done message would pair with
 the next one): the caller closes it and builds a new one.
+
+The TCPStore has no authentication: whoever reaches its port can read the keys (the group ids) and join a group as
+either rank. So a group carries no KV until both ends have proven they hold the KV secret: each sends a fresh nonce,
+and answers the other's with HMAC-SHA256(secret, its rank, the group id, that nonce). A peer without the secret
+fails the build (PairGroupError) on both sides; it can delay a pair (the decode side then opens a new group), never
+receive a byte of KV.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import hmac
 import os
+import secrets
 import socket
 import time
 
@@ -29,7 +38,8 @@ from overfill.transport.wire import DTYPES, KVLayout
 
 BACKENDS = ("gloo", "nccl")
 PREFILL_RANK, DECODE_RANK = 0, 1
-KEY_TAG, VALUE_TAG = 0, 1
+KEY_TAG, VALUE_TAG, HANDSHAKE_TAG = 0, 1, 2
+NONCE_BYTES = 32
 
 
 class PairGroupError(RuntimeError):
@@ -101,7 +111,7 @@ class PairGroup:
     on the GPU), gloo sends and receives host tensors. Not thread-safe: one transfer at a time, by one caller."""
 
     def __init__(self, backend: str, store: dist.Store, group_id: str, rank: int, host: str, timeout_s: float,
-                 device: str | torch.device = "cpu"):
+                 secret: str, device: str | torch.device = "cpu"):
         if rank not in (PREFILL_RANK, DECODE_RANK):
             raise ValueError(f"rank must be {PREFILL_RANK} (prefill) or {DECODE_RANK} (decode), got {rank}")
         self.backend, self.group_id, self.rank, self.peer = backend, group_id, rank, 1 - rank
@@ -120,7 +130,38 @@ class PairGroup:
             if isinstance(e, PairGroupError):
                 raise
             raise PairGroupError(f"building the {backend} group {group_id[:8]} (rank {rank}) failed: {e}") from e
+        try:
+            self._prove_secret(secret.encode())
+        except PairGroupError:
+            self.close()
+            raise
         self.num_transfers = 0
+
+    def _prove_secret(self, secret: bytes) -> None:
+        """Both ends show they hold the KV secret (see the module docstring). Rank 0 sends first and rank 1 receives
+        first: NCCL would deadlock on two sends issued against each other."""
+        deadline = time.monotonic() + self.timeout_s
+        nonce = secrets.token_bytes(NONCE_BYTES)
+
+        def exchange(mine: bytes) -> bytes:
+            outgoing = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(self.wire_device)
+            incoming = torch.empty(len(mine), dtype=torch.uint8, device=self.wire_device)
+            steps = [("send", outgoing), ("recv", incoming)]
+            with self._on_stream():
+                for op, tensor in steps if self.rank == PREFILL_RANK else steps[::-1]:
+                    self._wait(self._call(op, [tensor], self.peer, HANDSHAKE_TAG), deadline, "handshake")
+                if self.stream is not None:
+                    self.stream.synchronize()
+            return bytes(incoming.cpu().tolist())
+
+        peer_nonce = exchange(nonce)
+        peer_proof = exchange(self._proof(secret, self.rank, peer_nonce))
+        if not hmac.compare_digest(peer_proof, self._proof(secret, self.peer, nonce)):
+            raise PairGroupError(f"the peer that joined {self.backend} group {self.group_id[:8]} as rank {self.peer} "
+                                 f"does not hold the KV secret: no KV is sent or received on this group")
+
+    def _proof(self, secret: bytes, rank: int, nonce: bytes) -> bytes:
+        return hmac.new(secret, f"{rank}/{self.group_id}/".encode() + nonce, hashlib.sha256).digest()
 
     # ---- transfers ----------------------------------------------------------------------------------------------
 

@@ -214,6 +214,7 @@ class ProcessGroupKVSender(GrpcKVSender):
         self._pairs_lock = threading.Lock()
         self._store: StoreHost | None = None
         self.num_failed_transfers = 0
+        self._secret = secret  # the pairs' handshake proves it (pair_group.py)
         super().__init__(secret, bind_address=bind_address, **kwargs)
 
     def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -237,7 +238,7 @@ class ProcessGroupKVSender(GrpcKVSender):
 
             def build() -> PairGroup:
                 return PairGroup(self.backend, store.store, group_id, PREFILL_RANK, self._bind_host,
-                                 self.transfer_timeout_s, self.device)
+                                 self.transfer_timeout_s, self._secret, self.device)
 
             old = self._pairs.pop(receiver_id, None)
             for gone in [r for r, pair in self._pairs.items() if pair.broken]:  # closed pairs of other receivers
@@ -291,6 +292,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         if transfer_timeout_s <= 0:
             raise ValueError(f"transfer_timeout_s must be positive, got {transfer_timeout_s}")
         super().__init__(secret)
+        self._secret = secret  # the pairs' handshake proves it (pair_group.py)
         self.backend, self.device, self.bind_host = backend, device, bind_host
         self.transfer_timeout_s = transfer_timeout_s
         self.receiver_id = uuid.uuid4().hex
@@ -349,7 +351,7 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
         try:
             store = connect_store(response.store_address, deadline - time.monotonic())
             group = PairGroup(self.backend, store, response.group_id, DECODE_RANK, self.bind_host,
-                              self.transfer_timeout_s, self.device)
+                              self.transfer_timeout_s, self._secret, self.device)
         except PairGroupError as e:
             raise KVTransferError(StatusCode.UNAVAILABLE,
                                   f"could not join the {self.backend} group of {address}: {e}") from e
