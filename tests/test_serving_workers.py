@@ -3,6 +3,8 @@ and back-pressure, and no KV left behind (leases, slots)."""
 
 import asyncio
 import collections
+import dataclasses
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -369,6 +371,52 @@ def test_unclaimed_lease_expires(models):
     asyncio.run(run())
     assert sender.num_leases == 0 and sender.leases.num_expired == 1 and decode.cache.num_free_slots == 4
     prefill.close(), decode.close()
+
+
+def test_pulls_from_a_blackholed_prefill_replica_fail_in_time_and_hold_up_no_other_request(models):
+    """Five requests' KV lies behind an address that accepts connections and never answers (dropped packets); a
+    sixth's KV is on a live KV service. The live one is served at once, not after the others' deadlines, and each
+    blackholed one fails within kv.pull_timeout_s of its admission."""
+    full, decoder = models
+    sender = make_sender("grpc", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    pull_timeout_s = 2.0
+    decode = DecodeWorker(decoder, make_receiver("grpc", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=8, max_seq_len=128, kv_pull_timeout_s=pull_timeout_s))
+    blackhole = socket.create_server(("127.0.0.1", 0), backlog=16)  # never accepts: the handshake never completes
+    blackhole_address = f"127.0.0.1:{blackhole.getsockname()[1]}"
+    sampling = SamplingParams(max_new_tokens=4)
+
+    async def run():
+        results = [await prefill.prefill(PrefillRequest(f"b{i}", PROMPTS[i], sampling)) for i in range(6)]
+        lost = [dataclasses.replace(r, ticket=dataclasses.replace(r.ticket, address=blackhole_address))
+                for r in results[:5]]
+        started = time.monotonic()
+
+        async def finish_time(result):
+            try:
+                async for _ in decode.generate(result, sampling):
+                    pass
+                return "served", time.monotonic() - started
+            except ServiceError as e:
+                return e.code, time.monotonic() - started
+
+        return await asyncio.gather(*(finish_time(r) for r in lost), finish_time(results[5]))
+
+    try:
+        outcomes = asyncio.run(run())
+    finally:
+        blackhole.close()
+    *blackholed, live = outcomes
+    assert live[0] == "served" and live[1] < pull_timeout_s / 2
+    for code, elapsed_s in blackholed:
+        assert code in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE)
+        assert elapsed_s < pull_timeout_s + 1.0
+    assert decode.cache.num_free_slots == 8
+    for i in range(5):  # their leases were never pulled (they expire on their own; freed here)
+        sender.release(f"b{i}")
+    assert sender.num_leases == 0
+    prefill.close(), decode.close(), sender.close()
 
 
 # ---- waiting for a decode slot longer than the lease ----------------------------------------------------------------

@@ -76,7 +76,11 @@ class DecodeWorker:
         self.scheduler = Scheduler(SchedulerConfig(eos_token_ids=frozenset(eos_token_ids),
                                                    max_waiting=settings.max_waiting), self.cache.pool)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-model")
-        self._pull_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode-kv-pull")
+        # Pulls run only for requests that hold a slot, so with a thread per slot no pull ever waits behind another
+        # (one from a blackholed prefill replica holds its thread until its deadline). Releases have threads of
+        # their own for the same reason.
+        self._pull_threads = ThreadPoolExecutor(max_workers=settings.num_slots, thread_name_prefix="decode-kv-pull")
+        self._release_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode-kv-release")
         self._renew_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode-kv-renew")
         self.lease_keeper = LeaseKeeper(receiver, self._renew_threads)  # renews the leases of waiting requests
         self._streams: dict[str, _Stream] = {}
@@ -196,6 +200,7 @@ class DecodeWorker:
             self._task.cancel()
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._pull_threads.shutdown(wait=False, cancel_futures=True)
+        self._release_threads.shutdown(wait=False, cancel_futures=True)
         self.lease_keeper.close()
         self._renew_threads.shutdown(wait=False, cancel_futures=True)
 
@@ -224,9 +229,13 @@ class DecodeWorker:
 
     async def _pull_into(self, slot: int, prefill: PrefillResult) -> None:
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.settings.kv_pull_timeout_s
+
+        def pull():  # the deadline counts from the request, not from when a thread takes the pull up
+            return self.receiver.pull(prefill.ticket, self.layout, max(deadline - time.monotonic(), 1e-3))
+
         try:
-            k, v = await loop.run_in_executor(self._pull_threads, self.receiver.pull, prefill.ticket, self.layout,
-                                              self.settings.kv_pull_timeout_s)
+            k, v = await loop.run_in_executor(self._pull_threads, pull)
         except KVTransferError as e:
             if e.code is StatusCode.NOT_FOUND:  # the lease expired (or was released) before the pull reached it
                 raise ServiceError(StatusCode.ABORTED, f"the KV of request {prefill.request_id!r} was no longer "
@@ -242,7 +251,7 @@ class DecodeWorker:
             raise
         finally:  # the KV is copied out, whatever happens next: its lease can go
             try:
-                await loop.run_in_executor(self._pull_threads, self.receiver.release, prefill.ticket)
+                await loop.run_in_executor(self._release_threads, self.receiver.release, prefill.ticket)
             except KVTransferError as e:  # an unreleased lease expires on its own
                 log.warning("could not release KV lease of %s: %s", prefill.request_id, e)
 

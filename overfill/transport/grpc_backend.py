@@ -43,6 +43,10 @@ SECRET_METADATA_KEY = "x-overfill-kv-secret"
 SERVICE_NAME = "overfill.v1.KVTransfer"
 MAX_MESSAGE_BYTES = 4 << 20  # gRPC's default; chunks stay a quarter of it
 MAX_RENEW_IDS = 1024         # request ids per Renew call; the receiver splits longer lists
+# A peer that stops answering (a dead host, dropped packets) is found by HTTP/2 pings within ~15 s while a call is
+# open, not only at the call's deadline; the server accepts pings that often.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+SERVER_PING_OPTIONS = [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)]
 
 
 def _identity(raw: bytes) -> bytes:
@@ -123,7 +127,7 @@ class GrpcKVSender(KVSender):
         if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES // 2:
             raise ValueError(f"chunk_bytes must be in (0, {MAX_MESSAGE_BYTES // 2}], got {chunk_bytes}")
         self.leases = LeaseTable(lease_ttl_s)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_PING_OPTIONS)
         self.servicer = servicer = _KVTransferServicer(self.leases, secret, chunk_bytes)
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Pull": grpc.unary_stream_rpc_method_handler(
@@ -171,7 +175,7 @@ class GrpcKVReceiver(KVReceiver):
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         self.metadata = ((SECRET_METADATA_KEY, secret),)
         self.channels = PeerChannels(lambda address: grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]))
+            address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *KEEPALIVE_OPTIONS]))
 
     @contextmanager
     def _stub(self, address: str) -> Iterator[pb_grpc.KVTransferStub]:
