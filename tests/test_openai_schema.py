@@ -107,7 +107,7 @@ def test_chat_chunks_name_the_role_first_and_usage_last_only_when_asked():
     builder = ReplyBuilder("chat", "r", MODEL, include_usage=True)
     chunks = [json.loads(builder.chunk_json(c)) for p in pieces() for c in builder.chunks(p)]
     assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": "Hel"},
-                                                             {"role": None, "content": "lo"}]
+                                                             {"content": "lo"}]
     assert [c["choices"][0]["finish_reason"] for c in chunks[:2]] == [None, "length"]
     assert chunks[2]["choices"] == [] and chunks[2]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3,
                                                                   "total_tokens": 8}

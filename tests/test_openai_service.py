@@ -119,6 +119,7 @@ def test_models_keys_health_and_unknown_paths(service, openai_client):
 
     (model,) = openai_client.models.list().data
     assert model.id == MODEL and model.overfill["decoder_hidden_size"] == 48
+    assert 0 < model.overfill["decoder_parameters"] < model.overfill["full_parameters"]  # numbers, not strings
     assert openai_client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError) as error:
         openai_client.chat.completions.create(model="gpt-4o", messages=MESSAGES)

@@ -211,7 +211,7 @@ class ChatCompletion(_Reply):
 
 
 class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
+    role: Literal["assistant"] | None = Field(None, exclude_if=lambda role: role is None)  # the first chunk's only
     content: str | None = None
 
 

@@ -73,7 +73,7 @@ class OpenAIEndpoints:
         self.model_name = config.server.served_model_name or config.models.full
         self.model_card = ModelCard(
             id=self.model_name, created=int(time.time()), max_model_len=config.server.max_context_tokens,
-            overfill=json_format.MessageToDict(router.model_info, preserving_proto_field_name=True))
+            overfill=message_as_json(router.model_info))
 
     def endpoint(self, handler: Callable[[Request, str], Awaitable[Response]],
                  needs_key: bool = True) -> Callable[[Request], Awaitable[Response]]:
@@ -147,6 +147,16 @@ class OpenAIEndpoints:
                 text.append(piece.text)
                 last = piece
         return JSONResponse(builder.whole("".join(text), last).model_dump())
+
+
+def message_as_json(message) -> dict:
+    """A protobuf message as a JSON object, 64-bit integers as numbers (protobuf's JSON mapping makes them strings,
+    which JavaScript clients need and Python ones do not)."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    for field in message.DESCRIPTOR.fields:
+        if field.name in data and field.cpp_type in (field.CPPTYPE_INT64, field.CPPTYPE_UINT64):
+            data[field.name] = int(data[field.name])
+    return data
 
 
 async def read_json(request: Request) -> object:
