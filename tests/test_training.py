@@ -140,6 +140,32 @@ def test_resume_is_bit_exact_and_provenance_is_recorded(tiny_dir, decoder_dir, d
     assert read_manifest(tmp_path / "straight").full_model.source == str(tiny_dir)
 
 
+def test_bf16_training_follows_float32_and_keeps_float32_weights(tiny_dir, decoder_dir, data_file, tmp_path):
+    def run(precision):
+        return train(TrainSpec(model=str(tiny_dir), decoder=str(decoder_dir), data=str(data_file), mode="overfill",
+                               output=str(tmp_path / precision), steps=4, batch_size=2, lr=1e-3, save_every=4,
+                               kd_weight=0.1, precision=precision), progress=False)
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert [h["ce"] for h in bf16["history"]] == pytest.approx([h["ce"] for h in fp32["history"]], rel=0.05)
+    assert read_manifest(tmp_path / "bf16").training[-1]["precision"] == "bf16"
+    assert read_manifest(tmp_path / "fp32").training[-1]["precision"] == "fp32"
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.float32}
+
+
+def test_precision_auto_takes_bf16_where_the_hardware_has_it(monkeypatch):
+    from overfill.training import precision
+
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert precision.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        assert precision.resolve_precision("auto", torch.device("cpu")) == expected
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
+        TrainSpec("m", "d", "x", "overfill", "o", precision="fp16")
+
+
 def test_make_data_then_train_from_the_cli_and_resume_make_data(tiny_dir, decoder_dir, tmp_path, capsys):
     from overfill.cli.main import main
 

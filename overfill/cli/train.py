@@ -36,9 +36,12 @@ def add_parser(subparsers) -> None:
     train.add_argument("--save-every", type=int, default=50)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default=None, help="cpu (default) or cuda")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="bf16 autocast (float32 weights) or float32; auto: bf16 where the GPU or CPU computes it "
+                            "natively (AVX512-BF16, AMX)")
     train.add_argument("--num-workers", type=int, default=1,
                        help="data-parallel workers; above 1, on Ray Train (global batch: batch x accum x workers)")
-    train.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast): --device cuda")
+    train.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL): --device cuda")
     train.add_argument("--max-failures", type=int, default=0,
                        help="with --num-workers > 1: times Ray may restart the workers from the latest checkpoint")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt, bit for bit")
@@ -87,4 +90,4 @@ def train_spec_of(args: argparse.Namespace):
                      warmup_steps=args.warmup_steps, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
                      trainable=args.trainable, max_length=args.max_length, seed=args.seed,
                      save_every=args.save_every, device="cuda" if args.use_gpu else (args.device or "cpu"),
-                     num_workers=args.num_workers)
+                     num_workers=args.num_workers, precision=args.precision)

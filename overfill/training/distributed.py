@@ -4,7 +4,7 @@ The only module of overfill/ that imports Ray Train; `trainer.train` imports it 
 
 - **Workers:** a `TorchTrainer` starts N workers, each with a torch process group: gloo on CPU, NCCL with one GPU per
   worker. Each runs `trainer.train_loop` with a `RayWorld`: the decoder wrapped in DDP
-  (`ray.train.torch.prepare_model`), bf16 autocast on CUDA, token counts and losses summed with
+  (`ray.train.torch.prepare_model`), the same precision as one process (precision.py), token counts and losses summed with
   `torch.distributed.all_reduce`. Rank r reads slice r of
   every micro-batch (`trainer.batch_for`), so a step sees the same examples as one process with the same global batch.
 - **Checkpoints:** rank 0 writes OUTPUT/checkpoint.pt exactly as one process does, and `--resume` reads it. It also

@@ -1,6 +1,7 @@
 """`overfill train`: train a decoder in `overfill` mode (on the frozen full model's prompt KV) or `pruned` mode.
 
-AdamW, linear warm-up then cosine decay, gradient accumulation, gradient clipping, bf16 autocast on CUDA. One loop,
+AdamW, linear warm-up then cosine decay, gradient accumulation, gradient clipping, bf16 autocast where the hardware
+has it natively (precision.py). One loop,
 `train_loop`, serves both ways of training: in this process (`num_workers` 1, the default) or as one rank of a
 data-parallel group on Ray Train (`num_workers` > 1, distributed.py). It asks a `World` for the little that differs:
 the device, the DDP wrapper, sums over ranks, and what to do after a step.
@@ -29,6 +30,7 @@ from overfill.default_decoder import resolve_decoder
 from overfill.model_loading import load_model
 from overfill.training.data import Example, load_dataset
 from overfill.training.losses import decoder_loss
+from overfill.training.precision import PRECISIONS, autocast_for, resolve_precision
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -56,6 +58,7 @@ class TrainSpec:
     seed: int = 0
     save_every: int = 50
     device: str = "cpu"             # with num_workers > 1: cpu (gloo) or cuda (NCCL, one GPU per worker)
+    precision: str = "auto"         # auto | bf16 | fp32 (precision.py)
     num_workers: int = 1            # data-parallel workers; > 1 trains on Ray Train (distributed.py)
 
     def __post_init__(self):
@@ -66,6 +69,8 @@ class TrainSpec:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.kd_weight < 0 or self.ce_weight < 0 or self.kd_weight + self.ce_weight == 0:
             raise ValueError("lr must be > 0, kd_weight and ce_weight >= 0, and not both 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}")
 
@@ -209,7 +214,8 @@ def train_loop(spec: TrainSpec, world: World, resume: bool = False, progress: bo
         torch.set_rng_state(state["rng"])
         start_step = state["step"]
         log.info("resuming at step %d of %d", start_step, spec.steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    precision = resolve_precision(spec.precision, device)
+    autocast = autocast_for(precision, device)
     current = _Run(spec, full.model, world.wrap(decoder), parameters, optimizer, schedule, data.examples, autocast)
 
     # 3) The loop.
@@ -237,7 +243,7 @@ def train_loop(spec: TrainSpec, world: World, resume: bool = False, progress: bo
         "data": data.source, "data_sha256": _sha256(spec.data), "examples": len(data.examples),
         "dropped_too_long": data.num_dropped, "steps": spec.steps, "batch_size": spec.batch_size,
         "grad_accum": spec.grad_accum, "num_workers": spec.num_workers, "global_batch": spec.global_batch,
-        "device": device.type, "lr": spec.lr, "warmup_steps": spec.num_warmup, "kd_weight": spec.kd_weight,
+        "device": device.type, "precision": precision, "lr": spec.lr, "warmup_steps": spec.num_warmup, "kd_weight": spec.kd_weight,
         "ce_weight": spec.ce_weight, "trainable": spec.trainable, "truncated_kept": data.num_truncated,
         "seed": spec.seed, "final_loss": history[-1]["ce"] if history else None,
         "seconds_this_run": round(seconds, 1), "response_tokens_this_run": tokens,
