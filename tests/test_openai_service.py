@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from overfill.client import OverFillClient
-from tests.service_helpers import assert_no_kv_left, serve_file_for_tests, tiny_service
+from tests.service_helpers import assert_no_kv_left, pool_stats, serve_file_for_tests, tiny_service
 
 pytestmark = pytest.mark.service
 
@@ -21,13 +21,15 @@ KEY = "openai-test-key-0123456789"
 KEYS_ENV = "OVERFILL_OPENAI_TEST_KEYS"
 MODEL = "tiny-overfill"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+MAX_TOKENS_LIMIT = 512  # room for a stream that lasts seconds (the disconnect test)
 
 
 @pytest.fixture(scope="module")
 def service(service_models):
     serve_file = serve_file_for_tests(env_vars={KEYS_ENV: KEY})
     with tiny_service(service_models, "auth.enabled=true", f"auth.api_keys_env={KEYS_ENV}",
-                      f"server.served_model_name={MODEL}", serve_file=serve_file) as service:
+                      f"server.served_model_name={MODEL}", "server.max_context_tokens=1024",
+                      f"server.max_tokens_limit={MAX_TOKENS_LIMIT}", serve_file=serve_file) as service:
         yield {**service, "http": f"http://127.0.0.1:{service['config'].server.http_port}"}
 
 
@@ -94,11 +96,12 @@ def test_completions_with_stop_and_top_k_equal_the_grpc_api(service, openai_clie
 
 @pytest.mark.parametrize("fields, param, code", [
     (dict(temperature=-1.0), None, "invalid_argument"),             # refused by the gRPC API's own validation
-    (dict(max_tokens=65), None, "invalid_argument"),                # over server.max_tokens_limit
+    (dict(max_tokens=MAX_TOKENS_LIMIT + 1), None, "invalid_argument"),  # over server.max_tokens_limit
     (dict(n=2), "n", "invalid_argument"),
     (dict(logprobs=True), "logprobs", "invalid_argument"),
     (dict(extra_body={"tools": []}), "tools", "invalid_argument"),
-    (dict(messages=[{"role": "user", "content": "word " * 250}], max_tokens=64), None, "context_length_exceeded"),
+    (dict(messages=[{"role": "user", "content": "word " * 250}], max_tokens=64), None,
+     "context_length_exceeded"),  # 1266 prompt tokens
 ])
 def test_a_bad_field_is_a_400_in_openai_error_json(service, openai_client, fields, param, code):
     import openai
@@ -137,13 +140,15 @@ def test_models_keys_health_and_unknown_paths(service, openai_client):
     assert status == 404 and body["error"]["type"] == "not_found_error"
 
 
-def test_a_client_that_disconnects_mid_stream_frees_the_kv(service, openai_client):
-    stream = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64, temperature=1.0,
-                                                   seed=1, stream=True)
+def test_a_client_that_disconnects_mid_stream_cancels_decode_and_frees_the_kv(service, openai_client):
+    finished_before = pool_stats(service["config"], "decode")["num_finished"]
+    stream = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS_LIMIT,
+                                                   temperature=1.0, seed=1, stream=True)  # seconds of tokens
     pieces = iter(stream)
     next(pieces), next(pieces)
     stream.close()  # the HTTP connection goes away mid-stream
     assert_no_kv_left(service["config"])
+    assert pool_stats(service["config"], "decode")["num_finished"] == finished_before  # cut, not run to its end
 
 
 def test_grpc_health_and_reflection_on_the_grpc_port(service):
