@@ -47,6 +47,8 @@ def test_unset_fields_stay_unset_so_the_service_defaults_apply():
     (ChatCompletionRequest, chat(stream_options={"include_usage": True}), "stream_options", "only allowed when"),
     (ChatCompletionRequest, chat(presence_penalty=0.5), "presence_penalty", "only 0"),
     (ChatCompletionRequest, chat(max_tokens=0), "max_tokens", "greater than or equal to 1"),
+    (ChatCompletionRequest, chat(max_completion_tokens=1 << 40), "max_completion_tokens", "less than or equal"),
+    (ChatCompletionRequest, chat(top_k=1 << 40), "top_k", "less than or equal"),
     (ChatCompletionRequest, chat(temperature="hot"), "temperature", "valid number"),
     (ChatCompletionRequest, chat(seed=-1), "seed", "greater than or equal to 0"),
     (ChatCompletionRequest, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),

@@ -23,6 +23,7 @@ from overfill.status import StatusCode
 from overfill.v1 import generation_pb2 as pb
 
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
+MAX_UINT32 = (1 << 32) - 1  # the gRPC fields' range: larger values are refused here, naming the field
 
 
 class _Strict(BaseModel):
@@ -53,10 +54,10 @@ class _GenerationRequest(_Strict):
     """Fields both endpoints share."""
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = Field(None, ge=-1)  # vLLM's convention: -1 (like 0) is no cut
+    top_k: int | None = Field(None, ge=-1, le=MAX_UINT32)  # vLLM's convention: -1 (like 0) is no cut
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -98,7 +99,8 @@ class ChatCompletionRequest(_GenerationRequest):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's current name; wins over max_tokens
+    # OpenAI's current name for max_tokens; it wins when both are given.
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
