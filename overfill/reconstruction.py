@@ -231,11 +231,12 @@ def _full_layer(layer, h: torch.Tensor, rope, mask: torch.Tensor, decoded: torch
     gate, up = mlp.gate_proj(x2), mlp.up_proj(x2)
     activations = mlp.act_fn(gate) * up
     output = mid + mlp.down_proj(activations)
-    projections = {name: getattr(attn, name)(x[decoded]) for name in READERS}
+    x_decoded = x[decoded]  # [N, D]
+    projections = {name: getattr(attn, name)(x_decoded) for name in READERS}
     projections.update(gate_proj=gate[decoded], up_proj=up[decoded])
     return _FullLayerOutputs(output=output, k=k, v=v, projections=projections, mid=mid[decoded],
                              mlp_activations=activations[decoded],
-                             mean_normed=(x[decoded].mean(0), x2[decoded].mean(0)))
+                             mean_normed=(x_decoded.mean(0), x2[decoded].mean(0)))
 
 
 def _slice_mlp(full_mlp, decoder_mlp, hidden: torch.Tensor, channels: torch.Tensor) -> None:
@@ -261,11 +262,11 @@ def _fit_layer(layer, stream, targets, ropes, masks, batches, hidden, channels, 
     """Re-fit every linear of the decoder's layer, in the order the layer computes them; returns the next stream."""
     attn, mlp = layer.self_attn, layer.mlp
 
-    # a) q/k/v on the decoder's normed input.
+    # a) q/k/v on the decoder's normed input (one fit: they read the same inputs).
     normed = [layer.input_layernorm(h) for h in stream]
-    for name in READERS:
-        _fit_linear(getattr(attn, name), [(x[b.decoded], t.projections[name]) for x, b, t in
-                                          zip(normed, batches, targets)], ridge)
+    _fit_linears([getattr(attn, name) for name in READERS],
+                 [(x[b.decoded], [t.projections[name] for name in READERS]) for x, b, t in
+                  zip(normed, batches, targets)], ridge)
     # b) o_proj: towards the full model's residual after attention.
     outs = [attend(attn, x, rope, mask, (t.k, t.v, b.decoded))[0]
             for x, rope, mask, b, t in zip(normed, ropes, masks, batches, targets)]
@@ -274,9 +275,9 @@ def _fit_layer(layer, stream, targets, ropes, masks, batches, hidden, channels, 
     mids = [h + attn.o_proj(o) for h, o in zip(stream, outs)]
     # c) gate/up of the kept channels on the decoder's normed mid stream.
     normed = [layer.post_attention_layernorm(m) for m in mids]
-    for name in MLP_READERS:
-        _fit_linear(getattr(mlp, name), [(x[b.decoded], t.projections[name][:, channels]) for x, b, t in
-                                         zip(normed, batches, targets)], ridge)
+    _fit_linears([getattr(mlp, name) for name in MLP_READERS],
+                 [(x[b.decoded], [t.projections[name][:, channels] for name in MLP_READERS]) for x, b, t in
+                  zip(normed, batches, targets)], ridge)
     # d) down_proj: towards the full model's residual after the layer.
     activations = [mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x) for x in normed]
     _fit_linear(mlp.down_proj, [(a[b.decoded], t.output[b.decoded][:, hidden] - m[b.decoded]) for a, m, b, t in
@@ -286,16 +287,25 @@ def _fit_layer(layer, stream, targets, ropes, masks, batches, hidden, channels, 
 
 def _fit_linear(linear: torch.nn.Linear, pairs: list[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> None:
     """Ridge fit of `linear` (weight, and bias if it has one) on (input [N, in], target [N, out]) pairs."""
-    with_bias = linear.bias is not None
-    fit = _RidgeFit(linear.in_features + with_bias, linear.out_features, linear.weight.device)
-    for x, y in pairs:
+    _fit_linears([linear], [(x, [y]) for x, y in pairs], ridge)
+
+
+def _fit_linears(linears: list[torch.nn.Linear], pairs: list[tuple[torch.Tensor, list[torch.Tensor]]],
+                 ridge: float) -> None:
+    """Ridge fits of linears that read the same input, sharing its X^T X and one solve: (input [N, in], one target
+    [N, out_i] per linear) pairs. Each result is what fitting it alone gives (the columns of a solve are
+    independent)."""
+    with_bias = linears[0].bias is not None
+    widths = [linear.out_features for linear in linears]
+    fit = _RidgeFit(linears[0].in_features + with_bias, sum(widths), linears[0].weight.device)
+    for x, ys in pairs:
         if with_bias:
             x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        fit.add(x, y)
-    weight = fit.solve(ridge)
-    linear.weight.copy_(weight[:, :linear.in_features])
-    if with_bias:
-        linear.bias.copy_(weight[:, -1])
+        fit.add(x, torch.cat(ys, dim=1))
+    for linear, weight in zip(linears, fit.solve(ridge).split(widths)):
+        linear.weight.copy_(weight[:, :linear.in_features])
+        if with_bias:
+            linear.bias.copy_(weight[:, -1])
 
 
 def _with_biases(decoder: torch.nn.Module) -> torch.nn.Module:
