@@ -129,6 +129,8 @@ def test_a_bug_in_the_router_is_a_500_naming_the_request():
 
 @pytest.mark.parametrize("method, path, kwargs, status, words", [
     ("POST", "/v1/chat/completions", dict(raw=b"{not json"), 400, "not valid JSON"),
+    ("POST", "/v1/completions", dict(raw=b'{"model": "tiny", "prompt": "a \\ud800 b"}'), 400, "surrogate"),
+    ("POST", "/v1/completions", dict(raw=b"[" * 100_000), 400, "not valid JSON"),
     ("POST", "/v1/chat/completions", dict(body=CHAT, headers={"x-request-id": "has space"}), 400, "x-request-id"),
     ("POST", "/v1/chat/completions", dict(body=CHAT, headers={"authorization": "Bearer nope"}), 401,
      "invalid API key"),

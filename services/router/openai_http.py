@@ -165,10 +165,16 @@ async def read_json(request: Request) -> object:
         raise invalid_field(None, f"the request body is {len(body)} bytes, more than the {MAX_REQUEST_BYTES} "
                                   f"accepted")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
         raise invalid_field(None, f"the request body is not valid JSON: {type(e).__name__} at position "
                                   f"{getattr(e, 'pos', '?')}") from None
+    try:  # JSON may escape half a UTF-16 surrogate pair ("\ud800"), which is no text: protobuf refuses it
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise invalid_field(None, "the request body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff): "
+                                  "not valid Unicode") from None
+    return data
 
 
 def error_response(error: ServiceError) -> JSONResponse:
