@@ -122,16 +122,32 @@ def test_the_ingress_registers_every_rpc_of_the_generation_service_leniently():
         assert isinstance(too_big, UnparsableRequest) and "more than the 8388608 accepted" in too_big.message
 
 
+class NeverTokenize:
+    """A tokenizer that fails the test if a request gets as far as rendering or tokenizing."""
+
+    chat_template = "{{ messages }}"
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("tokenized a text that could not fit")
+
+    def apply_chat_template(self, *args, **kwargs):
+        raise AssertionError("rendered a chat that could not fit")
+
+
+def chat_of(*contents: str) -> pb.GenerateRequest:
+    return pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=c) for c in contents]))
+
+
 def test_a_text_too_long_to_fit_is_refused_before_tokenizing():
+    """The tiny models' tokenizer is byte-level BPE with no normalizer, so a token covers at most its longest
+    vocabulary entry, 13 characters: a text over 13 x the tokens left cannot fit, and a chat whose contents alone
+    cannot fit is refused before its template is rendered."""
     from overfill.serving.validation import max_token_chars
 
-    class NeverTokenize:
-        def __call__(self, *args, **kwargs):
-            raise AssertionError("tokenized a text that could not fit")
-
     limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8, max_token_chars=13)
-    for request, field in [(pb.GenerateRequest(prompt="x" * (4 * 13 * 56 + 1)), "prompt"),
-                           (pb.GenerateRequest(prompt="x" * (4 * 13 * 34 + 1), max_tokens=30), "prompt")]:
+    for request, field in [(pb.GenerateRequest(prompt="x" * (13 * 56 + 1)), "prompt"),
+                           (pb.GenerateRequest(prompt="x" * (13 * 34 + 1), max_tokens=30), "prompt"),
+                           (chat_of("x" * (13 * 28), "y" * (13 * 28 + 1)), "chat")]:
         with pytest.raises(ServiceError) as error:
             validate_request(request, NeverTokenize(), limits)
         assert error.value.code == "RESOURCE_EXHAUSTED" and f"{field} (" in error.value.message
@@ -141,6 +157,81 @@ def test_a_text_too_long_to_fit_is_refused_before_tokenizing():
     assert max_token_chars(tokenizer) == 13
     ok = validate_request(pb.GenerateRequest(prompt="hello " * 5), tokenizer, limits)  # short texts still tokenize
     assert ok.prompt_ids == tokenizer("hello " * 5)["input_ids"]
+
+
+def test_a_normalizing_tokenizer_is_allowed_more_characters_per_token():
+    from types import SimpleNamespace
+
+    from overfill.serving.validation import CHARS_PER_TOKEN_SLACK, max_token_chars
+
+    vocab = {"a": 0, "abcd": 1}
+    plain = SimpleNamespace(get_vocab=lambda: vocab, backend_tokenizer=SimpleNamespace(normalizer=None))
+    normalizing = SimpleNamespace(get_vocab=lambda: vocab, backend_tokenizer=SimpleNamespace(normalizer=object()))
+    slow = SimpleNamespace(get_vocab=lambda: vocab)  # a Python tokenizer: whatever it does, unseen
+    assert max_token_chars(plain) == 4
+    assert max_token_chars(normalizing) == max_token_chars(slow) == 4 * CHARS_PER_TOKEN_SLACK
+
+
+def test_a_660k_character_prompt_to_the_default_model_is_refused_before_tokenizing():
+    """The default model's tokenizer (longest entry 81 characters, no normalizer) under the default limits leaves
+    at most 81 x 2047 characters; a 660K-character prompt was tokenized in full (about a second) to be refused."""
+    limits = Limits(max_context_tokens=2048, max_tokens_limit=1024, default_max_tokens=128, max_token_chars=81)
+    started = time.perf_counter()
+    with pytest.raises(ServiceError) as error:
+        validate_request(pb.GenerateRequest(prompt="a" * 660_000, max_tokens=1), NeverTokenize(), limits)
+    assert error.value.code == "RESOURCE_EXHAUSTED" and "prompt (660000 characters)" in error.value.message
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_chat_is_bounded_in_messages_and_characters_before_it_is_rendered():
+    limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8, max_prompt_chars=100,
+                    max_chat_messages=4)
+    many = pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user")] * 300_000))
+    started = time.perf_counter()
+    with pytest.raises(ServiceError) as error:
+        validate_request(many, NeverTokenize(), limits)
+    assert time.perf_counter() - started < 0.5
+    assert (error.value.code, error.value.message) == (
+        "INVALID_ARGUMENT", "chat.messages holds 300000 messages, more than the 4 accepted")
+    with pytest.raises(ServiceError) as error:
+        validate_request(chat_of("x" * 60, "y" * 41), NeverTokenize(), limits)
+    assert (error.value.code, error.value.message) == (
+        "INVALID_ARGUMENT", "chat.messages[].content has 101 characters in all, more than the 100 accepted")
+    with pytest.raises(ServiceError) as error:
+        validate_request(pb.GenerateRequest(prompt="z" * 101), NeverTokenize(), limits)
+    assert (error.value.code, error.value.message) == (
+        "INVALID_ARGUMENT", "prompt has 101 characters, more than the 100 accepted")
+
+
+def test_the_tokenizer_queue_refuses_at_once_when_full_and_counts_until_the_work_is_done():
+    import asyncio
+    import threading
+
+    from overfill.serving.tokenizer_queue import TokenizerQueue
+
+    queue, tokenizer_free = TokenizerQueue(max_queued=2), threading.Event()
+
+    async def run():
+        first = asyncio.create_task(queue.run(tokenizer_free.wait))
+        waiting = asyncio.create_task(queue.run(lambda: "tokenized"))
+        await asyncio.sleep(0)
+        assert queue.num_queued == 2
+        with pytest.raises(ServiceError) as error:
+            await queue.run(lambda: "never")
+        assert error.value.code == "RESOURCE_EXHAUSTED" and error.value.message == (
+            "the tokenizer queue is full: 2 requests are being tokenized or waiting (server.max_tokenizer_queue = 2)")
+        waiting.cancel()  # its caller left before its turn: it leaves the queue without running
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert queue.num_queued == 1
+        first.cancel()  # its caller left while it runs: its place is held until the thread is done with it
+        await asyncio.gather(first, return_exceptions=True)
+        assert queue.num_queued == 1
+        tokenizer_free.set()
+        assert await queue.run(lambda: "after") == "after"
+        return queue.num_queued
+
+    assert asyncio.run(run()) == 0
+    queue.close()
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -52,6 +52,12 @@ class PrefillPoolConfig(PoolResources):
                                           # leased until pulled): its KV memory bound; beyond: RESOURCE_EXHAUSTED
     onednn_cache_entries: int = 64        # CPU: oneDNN's per-shape caches, bounded (engine/linear.py); prompts of
                                           # every length would otherwise grow the replica by hundreds of MiB
+    max_batch_s: float = 60.0             # a prefill batch running longer fails its requests with DEADLINE_EXCEEDED,
+                                          # and the replica refuses new ones (UNAVAILABLE) until the batch returns
+    unhealthy_batch_s: float = 300.0      # a prefill batch running longer fails the replica's health check: Serve
+                                          # replaces it (a device that never returns)
+    max_ticket_wait_s: float = 120.0      # the router waits this long at most for a prefill's ticket (queue and
+                                          # batch), then DEADLINE_EXCEEDED; the call is cancelled and its KV freed
 
 
 @dataclass
@@ -92,6 +98,11 @@ class ServerConfig:
     max_context_tokens: int = 2048        # prompt + generated tokens per request
     max_tokens_limit: int = 1024          # the largest max_tokens accepted
     default_max_tokens: int = 128
+    max_prompt_chars: int = 1 << 20       # characters of a prompt, or of a chat's contents together; beyond:
+                                          # INVALID_ARGUMENT, before anything is tokenized
+    max_chat_messages: int = 1024         # messages in a chat; beyond: INVALID_ARGUMENT, before the template renders
+    max_tokenizer_queue: int = 64         # requests being tokenized or waiting for the router's tokenizer thread;
+                                          # beyond: RESOURCE_EXHAUSTED
     num_cpus: float = 0.5                 # for the router (ingress) replica
     num_replicas: int = 1
     tls_cert_file: str = ""               # PEM certificate chain; set with tls_key_file: TLS front on tls_port
@@ -138,6 +149,9 @@ class ServiceConfig:
              f"in [1, server.max_context_tokens - 1 = {self.server.max_context_tokens - 1}]"),
             ("server.default_max_tokens", 1 <= self.server.default_max_tokens <= self.server.max_tokens_limit,
              "in [1, server.max_tokens_limit]"),
+            ("server.max_prompt_chars", self.server.max_prompt_chars >= 1, ">= 1"),
+            ("server.max_chat_messages", self.server.max_chat_messages >= 1, ">= 1"),
+            ("server.max_tokenizer_queue", self.server.max_tokenizer_queue >= 1, ">= 1"),
             ("prefill.max_batch_tokens", self.prefill.max_batch_tokens >= 1, ">= 1"),
             ("prefill.max_batch_size", self.prefill.max_batch_size >= 1, ">= 1"),
             ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),
@@ -146,6 +160,11 @@ class ServiceConfig:
              f">= server.max_context_tokens = {self.server.max_context_tokens} (a full-context prompt must fit)"),
             ("prefill.max_leased_tokens", self.prefill.max_leased_tokens >= self.server.max_context_tokens,
              f">= server.max_context_tokens = {self.server.max_context_tokens} (a full-context prompt must fit)"),
+            ("prefill.max_batch_s", self.prefill.max_batch_s > 0, "> 0"),
+            ("prefill.unhealthy_batch_s", self.prefill.unhealthy_batch_s >= self.prefill.max_batch_s,
+             f">= prefill.max_batch_s = {self.prefill.max_batch_s:g}"),
+            ("prefill.max_ticket_wait_s", self.prefill.max_ticket_wait_s >= self.prefill.max_batch_s,
+             f">= prefill.max_batch_s = {self.prefill.max_batch_s:g} (a batch must have time to finish)"),
             ("server.max_ongoing_requests", self.server.max_ongoing_requests >= 1, ">= 1"),
             ("server.max_queued_requests", self.server.max_queued_requests >= 1, ">= 1"),
             ("decode.num_slots", self.decode.num_slots >= 1, ">= 1"),

@@ -20,7 +20,8 @@ from overfill.status import StatusCode
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 256
 MAX_TEMPERATURE = 10.0
-MAX_PROMPT_CHARS = 1 << 20
+MAX_PROMPT_CHARS = 1 << 20     # server.max_prompt_chars by default
+MAX_CHAT_MESSAGES = 1024       # server.max_chat_messages by default
 ROLES = ("system", "user", "assistant")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -33,22 +34,35 @@ class Limits:
     max_context_tokens: int
     max_tokens_limit: int
     default_max_tokens: int
-    max_token_chars: int = 0  # characters one token covers at most (max_token_chars()); 0: no length pre-check
+    max_token_chars: int = 0  # characters of text one token covers at most (max_token_chars()); 0: no pre-check
+    max_prompt_chars: int = MAX_PROMPT_CHARS    # a prompt's characters, or a chat's contents' together
+    max_chat_messages: int = MAX_CHAT_MESSAGES  # messages in a chat
 
 
 def max_token_chars(tokenizer) -> int:
-    """The longest vocabulary entry. Byte-level BPE spells each byte as one character, so no token covers more
-    characters of the text than its entry has."""
-    return max(len(token) for token in tokenizer.get_vocab())
+    """The most characters of text one token can cover: its longest vocabulary entry. Byte-level BPE spells each
+    byte as one character and a text's character is at least one byte, so without a normalizer no token covers
+    more characters of the text than its entry has. A normalizer may compose characters first (or a slow tokenizer
+    may, unseen), so then CHARS_PER_TOKEN_SLACK times that."""
+    longest = max(len(token) for token in tokenizer.get_vocab())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.normalizer is None:
+        return longest
+    return CHARS_PER_TOKEN_SLACK * longest
+
+
+def _refuse_if_cannot_fit(num_chars: int, field: str, max_tokens: int, limits: Limits) -> None:
+    """Refuse at once a text too long for any tokenization of it to fit: the worst texts (CJK, combining marks)
+    take a quarter of a second per 165K characters to tokenize, only to be refused afterwards."""
+    room = limits.max_context_tokens - max_tokens
+    if limits.max_token_chars and num_chars > limits.max_token_chars * room:
+        raise ContextLengthExceeded(f"{field} ({num_chars} characters) cannot fit the {room} tokens left by "
+                                    f"max_tokens ({max_tokens}) in the context of {limits.max_context_tokens}")
 
 
 def _tokenize(tokenizer, text: str, field: str, max_tokens: int, limits: Limits, **kwargs) -> list[int]:
-    """Token ids of `text`, refusing at once a text too long for any tokenization of it to fit: a megabyte of text
-    takes seconds to tokenize, only to be refused afterwards."""
-    room = limits.max_context_tokens - max_tokens
-    if limits.max_token_chars and len(text) > CHARS_PER_TOKEN_SLACK * limits.max_token_chars * room:
-        raise ContextLengthExceeded(f"{field} ({len(text)} characters) cannot fit the {room} tokens left by "
-                                    f"max_tokens ({max_tokens}) in the context of {limits.max_context_tokens}")
+    """Token ids of `text`, refusing before tokenizing a text that cannot fit."""
+    _refuse_if_cannot_fit(len(text), field, max_tokens, limits)
     return tokenizer(text, **kwargs)["input_ids"]
 
 
@@ -107,19 +121,29 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     if which == "prompt":
         if not request.prompt.strip():
             raise _invalid("prompt is empty")
-        if len(request.prompt) > MAX_PROMPT_CHARS:
-            raise _invalid(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        if len(request.prompt) > limits.max_prompt_chars:
+            raise _invalid(f"prompt has {len(request.prompt)} characters, more than the {limits.max_prompt_chars} "
+                           f"accepted")
         prompt_ids = _tokenize(tokenizer, request.prompt, "prompt", max_tokens, limits)
     elif which == "chat":
+        # Everything a chat can hold is bounded before the template renders it: rendering costs time in the
+        # number of messages and characters, and a chat of 300k empty messages took seconds.
         messages = request.chat.messages
         if not messages:
             raise _invalid("chat.messages is empty")
+        if len(messages) > limits.max_chat_messages:
+            raise _invalid(f"chat.messages holds {len(messages)} messages, more than the {limits.max_chat_messages} "
+                           f"accepted")
+        num_chars = 0
         for index, message in enumerate(messages):
             if message.role not in ROLES:
                 raise _invalid(f"chat.messages[{index}].role must be one of {', '.join(ROLES)}, got "
                                f"{_quoted_prefix(message.role)}")
-            if len(message.content) > MAX_PROMPT_CHARS:
-                raise _invalid(f"chat.messages[{index}].content is longer than {MAX_PROMPT_CHARS} characters")
+            num_chars += len(message.content)
+        if num_chars > limits.max_prompt_chars:
+            raise _invalid(f"chat.messages[].content has {num_chars} characters in all, more than the "
+                           f"{limits.max_prompt_chars} accepted")
+        _refuse_if_cannot_fit(num_chars, "chat", max_tokens, limits)  # the template only adds to the contents
         if not has_chat_template(tokenizer):
             raise _invalid("chat is not available: the model has no chat template (send prompt instead)")
         text = render_chat(tokenizer, [{"role": m.role, "content": m.content} for m in messages])

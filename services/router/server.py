@@ -18,7 +18,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from grpc_health.v1 import health_pb2
 from ray.exceptions import RayActorError
@@ -34,6 +33,7 @@ from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig, decoder_dir
 from overfill.serving.request_log import RequestLog
+from overfill.serving.tokenizer_queue import TokenizerQueue
 from overfill.serving.types import PrefillRequest, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
 from overfill.status import FinishReason, StatusCode
@@ -111,8 +111,10 @@ class GenerationRouter:
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
-                             config.server.default_max_tokens, max_token_chars(self.tokenizer))
-        self.tokenize_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-tokenize")
+                             config.server.default_max_tokens, max_token_chars=max_token_chars(self.tokenizer),
+                             max_prompt_chars=config.server.max_prompt_chars,
+                             max_chat_messages=config.server.max_chat_messages)
+        self.tokenizer_queue = TokenizerQueue(config.server.max_tokenizer_queue)
         decoder = decoder_dir(config.models)
         self.model_info = self._model_info(AutoConfig.from_pretrained(model_dir), read_manifest(decoder), str(decoder))
 
@@ -296,10 +298,10 @@ class GenerationRouter:
 
     async def _generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         arrival = time.perf_counter()
-        # 1) Validate and tokenize once, on a thread of its own: a long prompt takes seconds (the tokenizer releases
-        #    the GIL), and meanwhile the event loop streams every other request's tokens.
-        valid = await asyncio.get_running_loop().run_in_executor(self.tokenize_thread, validate_request, request,
-                                                                 self.tokenizer, self.limits)
+        # 1) Validate and tokenize once, on a thread of its own behind a bounded queue: a long prompt takes a
+        #    quarter of a second (the tokenizer releases the GIL), and meanwhile the event loop streams every other
+        #    request's tokens.
+        valid = await self.tokenizer_queue.run(validate_request, request, self.tokenizer, self.limits)
         rid = valid.request_id
         self.request_log.received(rid, request, len(valid.prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer)
