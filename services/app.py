@@ -19,9 +19,10 @@ import yaml
 from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
-from overfill.serving.config import APP_IMPORT_PATH, KV_SECRET_ENV, ConfigError, ServiceConfig, config_from_dict
+from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, config_from_dict
 from services import tls_front
 from services.decode.server import DecodeServer
+from services.kv_secret import resolve_kv_secret, share_kv_secret
 from services.prefill.server import PrefillServer
 from services.router.request_router import LeastQueuedTokensRouter, MostFreeKVRouter
 from services.router.grpc_handlers import MAX_REQUEST_BYTES
@@ -34,14 +35,29 @@ log = logging.getLogger(__name__)
 SERVICER_FUNCTIONS = ["services.router.grpc_handlers.add_generation_servicer",
                       "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"]
 ROUTING_STATS_PERIOD_S = 0.5
+# Settings of Ray Serve's own processes, read from their environment when they start. The Serve config hands them to
+# Serve's controller (`controller_options.runtime_env.env_vars`), and the proxies it starts inherit its environment:
+# serve_config_of adds them, and every deploy file carries them, so `serve run` and KubeRay set them as
+# `overfill serve` does. Serve applies controller_options only when it starts its controller; a cluster whose Serve
+# is already running keeps the settings it started with.
+SERVE_PROCESS_ENV = {
+    # The gRPC proxy reads messages of up to 2 GiB by default. Ours are at most MAX_REQUEST_BYTES, and the servicer
+    # refuses a larger one unparsed, naming the size; beyond twice that the proxy refuses it without reading it.
+    "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(2 * MAX_REQUEST_BYTES),
+    # Replicas push their autoscaling metrics every 2 s rather than 10 s: KV demand changes within seconds. NOTE:
+    # Ray 2.60 defines this setting but does not read it yet (its replicas push every
+    # autoscaling_config.metrics_interval_s).
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
+}
 
 
 def build_app(config: ServiceConfig, prefill_server: type = PrefillServer, decode_server: type = DecodeServer):
-    """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already.
+    """The Serve application: router bound to one handle per pool. `config.kv.secret` must be resolved already
+    (services/kv_secret.py).
     `prefill_server`, `decode_server`: the classes the pools run (the fault tests' builder passes subclasses that
     wrap them; nothing in a config chooses them)."""
     if not config.kv.secret:
-        raise ValueError("kv.secret must be resolved before building the app (ServiceConfig.with_secret())")
+        raise ValueError("kv.secret must be resolved before building the app (services.kv_secret.resolve_kv_secret)")
     prefill = _pool(prefill_server, "prefill", config.prefill, LeastQueuedTokensRouter,
                     max_ongoing=config.prefill.max_queued_requests + config.prefill.max_batch_size + 8)
     decode = _pool(decode_server, "decode", config.decode, MostFreeKVRouter,
@@ -103,10 +119,9 @@ def prepare_models(config: ServiceConfig) -> None:
 
 def app_builder(args: dict):
     """Ray Serve application builder (`import_path: services.app:app_builder` in deploy/*.yaml, KubeRay's
-    serveConfigV2, `serve run`): `args` holds the ServiceConfig sections. The KV secret comes from the args, else
-    $OVERFILL_KV_SECRET (the application's runtime_env, or a Kubernetes Secret: every build then agrees), else a fresh
-    one for this build."""
-    config = config_from_dict(args).with_secret()
+    serveConfigV2, `serve run`): `args` holds the ServiceConfig sections. The KV secret comes from neither the args
+    nor the runtime_env, which Ray logs: see resolve_kv_secret."""
+    config = resolve_kv_secret(config_from_dict(args))
     prepare_models(config)
     return build_app(config)
 
@@ -114,22 +129,20 @@ def app_builder(args: dict):
 def serve_config_of(config: ServiceConfig, serve_file: dict | None = None, import_path: str = APP_IMPORT_PATH) -> dict:
     """The Ray Serve config (ServeDeploySchema as a dict) that deploys `config`: the deploy file's own Serve
     options (deployments' autoscaling, the application's autoscaling policy, proxy options) with its application's
-    args, ports, name and route prefix replaced by `config`'s. `import_path`: the application's builder (tests
-    deploy their own, which wraps this one's)."""
+    args, ports, name and route prefix replaced by `config`'s, our gRPC servicers and Serve's process settings
+    (SERVE_PROCESS_ENV; the file's own values win). `import_path`: the application's builder (tests deploy their own,
+    which wraps this one's). The KV secret is left out: start_service shares it through the cluster's store."""
     serve_config = copy.deepcopy(serve_file) if serve_file else {"applications": [{"import_path": import_path}]}
     (app,) = [a for a in serve_config["applications"] if a.get("import_path") == import_path]
     args = dataclasses.asdict(config)
     for owned in ("app_name", "route_prefix", "grpc_port", "http_port"):
         del args["server"][owned]
-    # Ray logs an application's args when it builds it: the KV secret travels as an environment variable of the
-    # application's processes instead (what KubeRay does with a Secret), never in the args.
-    secret = args["kv"].pop("secret")
-    if secret:
-        runtime_env = app.setdefault("runtime_env", {})
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), KV_SECRET_ENV: secret}
+    del args["kv"]["secret"]  # Ray logs an application's args when it builds it
     app.update(name=config.server.app_name, route_prefix=config.server.route_prefix, args=args)
     serve_config["grpc_options"] = {**serve_config.get("grpc_options", {}), "port": config.server.grpc_port,
                                     "grpc_servicer_functions": SERVICER_FUNCTIONS}
+    controller_env = ((serve_config.get("controller_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    serve_config["controller_options"] = {"runtime_env": {"env_vars": {**SERVE_PROCESS_ENV, **controller_env}}}
     serve_config["http_options"] = {"host": "127.0.0.1", **serve_config.get("http_options", {}),
                                     "port": config.server.http_port}
     return serve_config
@@ -140,7 +153,8 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
     """Start Ray (local) and Serve with the gRPC proxy, deploy the app through its Ray Serve config (the path
     `serve run deploy/local.yaml` and KubeRay take, so deployment overrides and autoscaling policies apply) and wait
     until it serves. `serve_file` is the parsed deploy file `config` came from, if any; `import_path` the
-    application's builder. Returns the config with its resolved secret."""
+    application's builder. Returns the config with its resolved secret, which it shares with the application
+    through the cluster's store (services/kv_secret.py) before deploying."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -150,9 +164,11 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
     schema = ServeDeploySchema.model_validate(serve_config)
     started_ray = start_ray(config, ray_init_kwargs, http_host=serve_config["http_options"]["host"])
     try:
+        share_kv_secret(config.kv.secret)
         # NOTE: what `serve run CONFIG.yaml` does (ray/serve/scripts.py): start the proxies, hand the config over.
         client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
-                             grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
+                             grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+                             controller_options=schema.controller_options)
         client.deploy_apps(schema, _blocking=False)
         wait_until_serving(f"127.0.0.1:{config.server.grpc_port}", config.server.app_name)
         tls_front.start(config.server)  # TLS on server.tls_port when server.tls_cert_file is set
@@ -173,10 +189,8 @@ def start_ray(config: ServiceConfig, ray_init_kwargs: dict | None = None, http_h
     if ray.is_initialized():
         return False
     refuse_ports_in_use(config, http_host=http_host)
-    # Ray Serve's gRPC proxy reads messages of up to 2 GiB by default; ours are at most MAX_REQUEST_BYTES.
-    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(2 * MAX_REQUEST_BYTES))
-    # KV demand changes within seconds: replicas report their autoscaling metrics every 2 s, not every 10 s.
-    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
+    for name, value in SERVE_PROCESS_ENV.items():  # every process of the cluster, whoever starts Serve on it
+        os.environ.setdefault(name, value)
     ray.init(include_dashboard=False, logging_level=logging.WARNING, _metrics_export_port=config.server.metrics_port,
              **(ray_init_kwargs or {}))
     return True

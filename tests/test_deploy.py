@@ -1,6 +1,10 @@
 """The deploy files: every Ray Serve config validates against Ray Serve's own schema and maps onto a valid
-ServiceConfig; autoscaling policies import and accept their arguments; the KubeRay RayService puts prefill and
-decode on separate GPU worker groups, names the gRPC port serve-grpc, probes every pod and mounts the models."""
+ServiceConfig; each registers the gRPC servicers and sets the Serve process settings `overfill serve` does;
+autoscaling policies import and accept their arguments; the KubeRay RayService puts prefill and decode on separate
+GPU worker groups, serves through KubeRay's serve Service, probes every pod, mounts the models, and runs the image
+deploy/Dockerfile builds."""
+
+import re
 
 from pathlib import Path
 
@@ -10,7 +14,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 from ray.serve.schema import ServeDeploySchema
 
 from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, load_config
-from services.app import serve_config_of
+from services.app import SERVE_PROCESS_ENV, serve_config_of
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SERVE_FILES = sorted(DEPLOY.glob("*.yaml"))
@@ -41,8 +45,6 @@ def test_the_deploy_files_are_there():
 def test_serve_config_validates_against_ray_serve_schema(name, serve_config, tmp_path):
     schema = ServeDeploySchema.model_validate(serve_config)
     app = our_app(serve_config)
-    assert "overfill.v1.generation_pb2_grpc.add_GenerationServicer_to_server" in \
-        schema.grpc_options.grpc_servicer_functions
     # The args are a valid ServiceConfig, with the ports and names Serve owns taken from the Serve part.
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(serve_config))
@@ -66,6 +68,29 @@ def instantiate(policy: AutoscalingPolicy):
     return target(**policy.policy_kwargs) if isinstance(target, type) else target
 
 
+@pytest.mark.parametrize("name, serve_config", serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_serve_config_registers_and_sets_what_overfill_serve_does(name, serve_config, tmp_path):
+    """`serve run FILE` and KubeRay start Serve from the file alone: its proxy must register the lenient servicer
+    (bad UTF-8 -> INVALID_ARGUMENT, an oversized request refused unparsed) and the health service, and its controller
+    (hence its proxies) must get the same environment as under `overfill serve`."""
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(serve_config))
+    ours = ServeDeploySchema.model_validate(serve_config_of(load_config(path), serve_config))
+    schema = ServeDeploySchema.model_validate(serve_config)
+    assert schema.grpc_options.grpc_servicer_functions == ours.grpc_options.grpc_servicer_functions
+    assert schema.controller_options.runtime_env == ours.controller_options.runtime_env
+    assert ours.controller_options.runtime_env["env_vars"] == SERVE_PROCESS_ENV
+
+
+def test_serve_config_of_adds_the_servicers_and_settings_to_a_file_without_them():
+    serve_config = serve_config_of(load_config(None), {"applications": [{"import_path": APP_IMPORT_PATH}]})
+    schema = ServeDeploySchema.model_validate(serve_config)
+    assert schema.grpc_options.grpc_servicer_functions == [
+        "services.router.grpc_handlers.add_generation_servicer",
+        "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server"]
+    assert schema.controller_options.runtime_env == {"env_vars": SERVE_PROCESS_ENV}
+
+
 def test_service_config_round_trips_through_its_serve_config(tmp_path):
     config = load_config(None, ["prefill.max_batch_size=3", "server.grpc_port=9100", "server.app_name=of"])
     serve_config = serve_config_of(config, yaml.safe_load((DEPLOY / "local.yaml").read_text()))
@@ -77,11 +102,12 @@ def test_service_config_round_trips_through_its_serve_config(tmp_path):
     assert "autoscaling_config" in our_app(serve_config)["deployments"][0]
 
 
-def test_the_kv_secret_travels_in_the_environment_never_in_the_logged_args():
+def test_the_kv_secret_is_in_no_part_of_the_serve_config():
+    """Ray logs an application's args and its runtime_env (runtime_env_agent.log): the secret reaches the builder
+    through the cluster's store instead (services/kv_secret.py; tests/test_security_service.py checks the logs)."""
     config = load_config(None, ["kv.secret=s3cret-for-this-test"])
-    app = our_app(serve_config_of(config))
-    assert "secret" not in app["args"]["kv"] and "s3cret" not in yaml.safe_dump(app["args"])
-    assert app["runtime_env"]["env_vars"]["OVERFILL_KV_SECRET"] == "s3cret-for-this-test"
+    serve_config = serve_config_of(config, yaml.safe_load((DEPLOY / "local.yaml").read_text()))
+    assert "secret" not in our_app(serve_config)["args"]["kv"] and "s3cret" not in yaml.safe_dump(serve_config)
 
 
 def test_serve_owned_fields_are_refused_in_args(tmp_path):
@@ -127,8 +153,15 @@ def test_rayservice_ports_probes_models_and_secret():
         assert any(v["name"] == "models" and "persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
         secret = {e["name"]: e for e in container["env"]}["OVERFILL_KV_SECRET"]
         assert secret["valueFrom"]["secretKeyRef"]["name"] == "overfill-kv"
-    service = documents["Service"]["spec"]
-    assert service["ports"][0]["name"] == "serve-grpc" and service["ports"][0]["targetPort"] == "serve-grpc"
+    # KubeRay's serve Service carries the head's ports named serve and serve-*: the HTTP and the gRPC API.
+    assert set(documents) == {"RayService"}, "no Service of our own: KubeRay's serve Service selects healthy proxies"
+    head_ports = {p["name"]: p["containerPort"] for p in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+                  ["ports"]}
+    assert head_ports["serve"] == serve_config["http_options"]["port"]
+    service_ports = {p["name"]: p for p in spec["serveService"]["spec"]["ports"]}
+    assert {name: (p["port"], p["targetPort"]) for name, p in service_ports.items()} == {
+        "serve": (head_ports["serve"], "serve"), "serve-grpc": (grpc_port, "serve-grpc")}
+    assert service_ports["serve-grpc"]["appProtocol"] == "grpc"
     assert our_app(serve_config)["args"]["kv"]["bind_host"] == "node-ip"  # decode pulls from other pods
 
 
@@ -136,3 +169,17 @@ def test_every_serve_config_is_a_service_config_default_where_silent():
     config = load_config(DEPLOY / "local.yaml")
     assert isinstance(config, ServiceConfig) and config.models.full == "smollm2-135m"
     assert config.server.grpc_port == 9000 and config.server.metrics_port == 8080
+
+
+def test_the_dockerfile_builds_the_image_the_manifests_run_with_the_ray_they_name():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (image,) = set(re.findall(r"docker build -f deploy/Dockerfile -t (\S+) \.", dockerfile))
+    (base_version,) = re.findall(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py311", dockerfile, re.MULTILINE)
+    pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
+    assert f'"ray[serve,train]=={base_version}"' in pyproject
+    for manifest in ("rayservice.yaml", "train-rayjob.yaml"):
+        for document in yaml.safe_load_all((DEPLOY / "kuberay" / manifest).read_text()):
+            cluster = document["spec"].get("rayClusterConfig") or document["spec"]["rayClusterSpec"]  # RayJob
+            assert cluster["rayVersion"] == base_version, manifest
+            pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+            assert {c["image"] for pod in pods for c in pod["spec"]["containers"]} == {image}, manifest

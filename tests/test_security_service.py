@@ -193,3 +193,22 @@ def test_no_prompt_in_any_log_file(service):
     assert wait_for(lambda: logged("Generate"), timeout_s=10)  # the logs are there: Serve logged the calls
     assert wait_for(lambda: logged("RESOURCE_EXHAUSTED"), timeout_s=10)  # and the refusals
     assert logged(PROMPT) == [] and logged("xylophone") == []
+
+
+def test_the_kv_secret_is_in_no_log_file(service, monkeypatch):
+    """The KV secret reaches the application through the cluster's store (services/kv_secret.py), not through its
+    args or runtime_env, which Ray logs (runtime_env_agent.log held it): after the requests above and one more KV
+    transfer, no file under the cluster's log directory holds it."""
+    from overfill.serving.config import KV_SECRET_ENV, load_config
+    from services.kv_secret import resolve_kv_secret
+
+    secret = service["config"].kv.secret
+    monkeypatch.setenv(KV_SECRET_ENV, "the-environment-comes-second")
+    assert resolve_kv_secret(load_config(None)).kv.secret == secret  # what the application's builder resolved
+    with OverFillClient(service["plain"], timeout_s=60, api_key=FILE_KEY) as client:
+        assert len([t for piece in client.generate(PROMPT, max_tokens=4) for t in piece.token_ids]) == 4
+    logs = [p for p in service["logs_dir"].rglob("*") if p.is_file()]
+    # The runtime_env agent logged this application's environment (the API keys' variable): it would hold a secret
+    # handed over there.
+    assert any(KEYS_ENV.encode() in p.read_bytes() for p in logs if p.name.startswith("runtime_env_agent"))
+    assert [p for p in logs if secret.encode() in p.read_bytes()] == []

@@ -302,7 +302,8 @@ class ChaosPrefillServer(PrefillServer):
 def app_builder(args: dict):
     """The production application (services.app.app_builder) with the chaos servers in its pools."""
     from services.app import build_app, prepare_models
+    from services.kv_secret import resolve_kv_secret
 
-    config = config_from_dict(args).with_secret()
+    config = resolve_kv_secret(config_from_dict(args))
     prepare_models(config)
     return build_app(config, prefill_server=ChaosPrefillServer, decode_server=ChaosDecodeServer)
