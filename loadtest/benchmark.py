@@ -103,7 +103,8 @@ class Benchmark:
         metrics = compute_metrics(run.records, run.duration_s, config.percentiles, config.goodput_ms,
                                   run.prompt_tokens)
         full_setup = {
-            "label": config.label, "model_id": self.info.full_model, "tokenizer_id": self.tokenizer_id,
+            "backend": f"overfill-{config.connection.backend}", "label": config.label,
+            "model_id": self.info.full_model, "tokenizer_id": self.tokenizer_id,
             "num_prompts": len(samples), "request_rate": math.inf, "burstiness": 1.0,
             "max_concurrency": config.max_concurrency, **setup,
             "target": config.connection.target, **self.dataset_setup(), "seed": config.seed,

@@ -2,7 +2,10 @@
 warm-ups, with a live progress line, and sample the run once a second (concurrency, output tokens/s, replicas per
 pool from the service's Health). Returns the raw records; `metrics` and `result` turn them into numbers.
 
-    probe(connection)      -> ServiceInfo     (waits for Health SERVING; model and tokenizer names)
+    probe(connection)      -> ServiceInfo     (waits until SERVING; model and tokenizer names)
+
+Either API (`Connection.backend`): the gRPC one (loadtest/client.py) or the OpenAI-compatible HTTP one
+(loadtest/openai_client.py), through the same three calls: send a request, read the replicas, probe.
     run_benchmark(spec)    -> RunOutput
 """
 
@@ -18,21 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
-from loadtest.client import Connection, Progress, send_one, to_request
+from loadtest.client import Connection, Progress, ServiceInfo, open_target
 from loadtest.datasets import SampleRequest
 from loadtest.records import RequestRecord
-from overfill.v1 import generation_pb2 as pb
-from overfill.v1 import generation_pb2_grpc as pb_grpc
-
-
-@dataclass(frozen=True)
-class ServiceInfo:
-    full_model: str | None       # what GetModelInfo names (a directory or an alias); None if it did not answer
-    max_tokens_limit: int | None
 
 
 @dataclass
@@ -89,58 +83,21 @@ class RunOutput:
 
 
 async def probe(connection: Connection, ready_timeout_s: float = 60.0) -> ServiceInfo:
-    """Wait until Health says SERVING (UNIMPLEMENTED counts as ready), then ask GetModelInfo (optional)."""
-    async with connection.open() as channel:
-        stub = pb_grpc.GenerationStub(channel)
-        deadline = time.monotonic() + ready_timeout_s
-        last = "no answer"
-        while True:
-            try:
-                status = (await stub.Health(pb.HealthRequest(), metadata=connection.metadata, timeout=5)).status
-                if status == "SERVING":
-                    break
-                last = f"Health says {status}"
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    break
-                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise ValueError(f"--target {connection.target}: {e.code().name}: {e.details()} "
-                                     "(check --api-key / $OVERFILL_API_KEY)") from e
-                last = f"{e.code().name}: {e.details()}"
-            if time.monotonic() > deadline:
-                raise ValueError(f"--target {connection.target} is not ready after {ready_timeout_s:.0f} s ({last})")
-            await asyncio.sleep(0.5)
-        try:
-            info = await stub.GetModelInfo(pb.ModelInfoRequest(), metadata=connection.metadata, timeout=10)
-            return ServiceInfo(info.full_model or None, info.max_tokens_limit or None)
-        except grpc.aio.AioRpcError:
-            return ServiceInfo(None, None)
-
-
-async def poll_replicas(stub, metadata, timeout_s: float) -> dict[str, int] | None:
-    """Running replicas per pool from Health's `replicas` map; None if it is missing, empty or Health failed."""
-    try:
-        response = await stub.Health(pb.HealthRequest(), metadata=metadata, timeout=timeout_s)
-    except grpc.aio.AioRpcError:
-        return None
-    replicas = dict(getattr(response, "replicas", {}) or {})
-    return {name: int(n) for name, n in sorted(replicas.items())} or None
+    """Wait until the service is ready, then ask what it serves (GrpcTarget.probe, OpenAITarget.probe)."""
+    async with open_target(connection) as target:
+        return await target.probe(ready_timeout_s)
 
 
 async def run_benchmark(spec: RunSpec) -> RunOutput:
-    async with spec.connection.open() as channel:
-        stub = pb_grpc.GenerationStub(channel)
-        metadata = spec.connection.metadata
-        # Connect before the clock starts: setting up the connection is not the service's latency.
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+    async with open_target(spec.connection) as target:
+        await target.connect()
         limit = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else contextlib.nullcontext()
 
         async def limited(sample: SampleRequest, record: RequestRecord, origin: float, progress: Progress,
                           prompt_tokens: dict) -> RequestRecord:
             async with limit:
-                request = to_request(sample, record.request_id, spec.temperature)
-                return await send_one(stub, request, record, origin, metadata, spec.request_timeout_s, progress,
-                                      prompt_tokens)
+                return await target.send(sample, record, origin, spec.request_timeout_s, spec.temperature, progress,
+                                         prompt_tokens)
 
         # 1) Warm-ups: discarded, so that connection set-up and first-call costs stay out of the results.
         warmup_failures = 0
@@ -162,7 +119,7 @@ async def run_benchmark(spec: RunSpec) -> RunOutput:
             spec.on_start(progress, origin)  # e.g. a soak's sampler thread, which reads the counters
         stop = asyncio.Event()
         time_series: list[TimeSample] = []
-        sampler = asyncio.create_task(sample_every_second(stub, metadata, progress, origin, stop, time_series, bar))
+        sampler = asyncio.create_task(sample_every_second(target, progress, origin, stop, time_series, bar))
         tasks = []
         try:
             for index, (sample, at) in enumerate(zip(spec.samples, spec.send_times_s)):
@@ -189,7 +146,7 @@ async def run_benchmark(spec: RunSpec) -> RunOutput:
         return RunOutput(records, duration_s, started_at, time_series, prompt_tokens, warmup_failures)
 
 
-async def sample_every_second(stub, metadata, progress: Progress, origin: float, stop: asyncio.Event,
+async def sample_every_second(target, progress: Progress, origin: float, stop: asyncio.Event,
                               out: list[TimeSample], bar) -> None:
     """Append a TimeSample at 1 s, 2 s, ... after `origin`, and a last one when `stop` is set."""
     previous_time, previous = 0.0, (0, 0, 0, 0)
@@ -202,7 +159,7 @@ async def sample_every_second(stub, metadata, progress: Progress, origin: float,
         interval = now - previous_time
         if interval > 1e-3:
             rates = [(c - p) / interval for c, p in zip(counts, previous)]
-            replicas = await poll_replicas(stub, metadata, timeout_s=0.8)
+            replicas = await target.replicas(timeout_s=0.8)
             out.append(TimeSample(now, progress.in_flight, *rates, replicas))
             bar.set_postfix(completed=progress.completed, failed=progress.failed,
                             rps=f"{rates[1]:.1f}", concurrency=progress.in_flight, refresh=False)

@@ -317,6 +317,33 @@ def test_stream_timing_reports_failures_on_both_entries():
     assert empty.ttft_ms is None and empty.error is not None and empty.events()[0]["response_time"] == 300
 
 
+# ---- the OpenAI-compatible HTTP backend's reading of events and errors -------------------------------------------
+
+
+@pytest.mark.parametrize("http_status, body, status", [
+    (400, {"error": {"message": "m", "code": "invalid_argument"}}, "INVALID_ARGUMENT"),
+    (400, {"error": {"message": "m", "code": "context_length_exceeded"}}, "RESOURCE_EXHAUSTED"),  # as on gRPC
+    (401, {"error": {"message": "m", "code": "invalid_api_key"}}, "UNAUTHENTICATED"),
+    (200, {"error": {"message": "m", "code": "unavailable"}}, "UNAVAILABLE"),  # an error event mid-stream
+    (429, {"error": {"message": "m", "code": None}}, "RESOURCE_EXHAUSTED"),  # another server: from the HTTP status
+    (504, "not json we could read", "DEADLINE_EXCEEDED"),
+    (502, {}, "HTTP_502"),
+])
+def test_openai_errors_are_recorded_under_the_grpc_status_names(http_status, body, status):
+    from loadtest.openai_client import status_of_error
+
+    assert status_of_error(http_status, body)[0] == status
+
+
+def test_openai_chunks_carry_text_from_chat_deltas_and_text_completions_only():
+    from loadtest.openai_client import chunk_text
+
+    assert chunk_text({"choices": [{"delta": {"role": "assistant", "content": "Hi"}}]}) == "Hi"
+    assert chunk_text({"choices": [{"text": " there", "finish_reason": None}]}) == " there"
+    assert chunk_text({"choices": [{"delta": {}, "finish_reason": "stop"}]}) == ""
+    assert chunk_text({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}) == ""
+
+
 # ---- command line ---------------------------------------------------------------------------------------------
 
 
@@ -334,6 +361,7 @@ def test_stream_timing_reports_failures_on_both_entries():
     (["loadtest", "client-capacity", "--target", "h:1"], "--target is not used"),
     (["loadtest", "step", "--target", "h:1", "--num-prompts", "5"], "--num-prompts is for `overfill loadtest run"),
     (["loadtest", "sweep", "--target", "h:1", "--request-rate", "5"], "--request-rate is for"),
+    (["loadtest", "client-capacity", "--backend", "openai"], "--backend is for"),
 ])
 def test_cli_errors_name_the_flag(argv, message, capsys):
     assert main(argv) == 2

@@ -194,3 +194,30 @@ def test_loadtest_against_the_local_service(service, tmp_path, capsys):
     replicas = [s["replicas"] for s in result["time_series"] if s["replicas"]]
     assert replicas and all(r["prefill"] >= 1 and r["decode"] >= 1 for r in replicas)
     assert_no_kv_left(service)
+
+
+def test_loadtest_through_the_openai_http_api(service, tmp_path, capsys):
+    """`overfill loadtest --backend openai`: the same load through streamed completions on the HTTP port, measured
+    the same way: token counts from the service's usage, the served model's tokenizer found through /v1/models,
+    replicas per pool from GET /health."""
+    from overfill.cli.main import main
+
+    http = f"127.0.0.1:{service['config'].server.http_port}"
+    assert main(["loadtest", "--backend", "openai", "--target", http, "--num-prompts", "10", "--request-rate", "20",
+                 "--max-concurrency", "4", "--random-input-len", "16", "--random-output-len", "8",
+                 "--num-warmups", "1", "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+                 "--disable-tqdm"]) == 0
+    assert "Successful requests:                     10" in capsys.readouterr().out
+    (path,) = glob.glob(f"{tmp_path}/*.json")
+    result = json.loads(open(path).read())
+    assert result["backend"] == "overfill-openai" and result["target"] == http
+    assert result["completed"] == 10 and result["failed"] == 0 and result["errors_by_code"] == {}
+    assert result["token_source"] == "tokenizer" and result["tokenizer_id"] == str(service["full_dir"])
+    assert result["input_lens"] == [16] * 10 and result["total_input_tokens"] == 160  # the service's usage
+    assert all(1 <= n <= 8 for n in result["output_lens"]) and result["total_output_tokens"] == sum(
+        result["output_lens"])
+    assert all(t > 0 for t in result["ttfts"]) and result["mean_e2el_ms"] >= result["mean_ttft_ms"] > 0
+    assert result["mean_tpot_ms"] >= 0 and result["mean_itl_ms"] >= 0 and result["output_throughput"] > 0
+    replicas = [s["replicas"] for s in result["time_series"] if s["replicas"]]
+    assert replicas and all(r["prefill"] >= 1 and r["decode"] >= 1 for r in replicas)
+    assert_no_kv_left(service)

@@ -1,4 +1,5 @@
-"""`overfill loadtest`: load-test the gRPC API with `vllm bench serve`'s flags, metrics and result keys.
+"""`overfill loadtest`: load-test the gRPC API (or, with --backend openai, the OpenAI-compatible HTTP API) with
+`vllm bench serve`'s flags, metrics and result keys.
 
     overfill loadtest --target HOST:PORT [--num-prompts N --request-rate R ...]      one benchmark
     overfill loadtest sweep --target HOST:PORT --rates 1,2,4 --goodput ttft:MS ...  highest rate at >= 90% SLOs
@@ -20,7 +21,8 @@ from pathlib import Path
 
 MODES = ("run", "sweep", "step", "soak", "client-capacity")
 # Flags that only one mode reads (dest -> mode); the rest are shared.
-MODE_ONLY = {"num_prompts": ("run", "sweep"), "request_rate": ("run", "soak"), "ramp_up_strategy": ("run",),
+MODE_ONLY = {"backend": ("run", "sweep", "step", "soak"), "num_prompts": ("run", "sweep"),
+             "request_rate": ("run", "soak"), "ramp_up_strategy": ("run",),
              "ramp_up_start_rps": ("run",), "ramp_up_end_rps": ("run",), "result_filename": ("run",),
              "burstiness": ("run", "sweep", "step", "soak"), "goodput": ("run", "sweep", "step", "soak"),
              "rates": ("sweep", "client-capacity"), "attainment_target": ("sweep",), "stages": ("step",),
@@ -38,18 +40,23 @@ def _rate(text: str) -> float:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("loadtest", help="load-test the gRPC API (vllm bench serve metrics and JSON keys)",
+    p = subparsers.add_parser("loadtest", help="load-test the gRPC or HTTP API (vllm bench serve metrics and keys)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", choices=MODES, default="run",
                    help="run (default): one benchmark; sweep; step; soak; client-capacity")
     target = p.add_argument_group("target")
-    target.add_argument("--target", help="HOST:PORT of the gRPC API (every mode but client-capacity)")
+    target.add_argument("--target", help="HOST:PORT of the gRPC API, or of the HTTP API with --backend openai "
+                                         "(every mode but client-capacity)")
+    target.add_argument("--backend", choices=["grpc", "openai"],
+                        help="grpc (default): overfill.v1.Generation; openai: streamed chat and text completions "
+                             "from the OpenAI-compatible HTTP API at http://TARGET/v1 (https with --tls-ca)")
     target.add_argument("--api-key", default=None,
-                        help="sent as `authorization: Bearer KEY` metadata (default: $OVERFILL_API_KEY)")
+                        help="sent as `authorization: Bearer KEY` (gRPC metadata or HTTP header; default: "
+                             "$OVERFILL_API_KEY)")
     target.add_argument("--tls-ca", type=Path, help="PEM root certificate: connect with TLS")
     target.add_argument("--tls-server-name", help="name to check the server certificate against")
     target.add_argument("--ready-check-timeout-sec", type=float, default=60.0,
-                        help="wait this long for Health to say SERVING (default 60)")
+                        help="wait this long for Health (or GET /health) to say SERVING (default 60)")
 
     traffic = p.add_argument_group("traffic (vllm bench serve)")
     traffic.add_argument("--num-prompts", type=int, help="requests per benchmark (default 100)")
@@ -144,7 +151,7 @@ def benchmark_config(args: argparse.Namespace, target: str | None = None):
     from loadtest.metrics import parse_goodput, parse_percentiles
 
     connection = Connection(target or args.target, args.api_key or default_api_key(), args.tls_ca,
-                            args.tls_server_name)
+                            args.tls_server_name, args.backend or "grpc")
     extra = {"request_id_prefix": args.request_id_prefix} if args.request_id_prefix else {}
     return BenchmarkConfig(
         connection, args.dataset, RandomSpec(_or(args.random_input_len, 1024), _or(args.random_output_len, 128),
