@@ -306,6 +306,65 @@ def test_a_step_that_never_returns_fails_its_requests_refuses_new_ones_and_fails
     prefill.close(), decode.close()
 
 
+def a_prefill_worker_with_a_blocked_batch(models, **prefill_settings):
+    """A prefill worker whose every batch blocks until the returned event is set (a wedged device). Returns (sender,
+    prefill, device_back)."""
+    full, _ = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128, max_batch_size=2,
+                                                                  **prefill_settings))
+    device_back = threading.Event()
+    original_batch = prefill._prefill_batch
+    prefill._prefill_batch = lambda plan: device_back.wait() and original_batch(plan)
+    return sender, prefill, device_back
+
+
+def test_a_prefill_batch_that_never_returns_fails_its_requests_refuses_new_ones_and_fails_the_health_check(models):
+    """A wedged device under prefill: the batch's request gets DEADLINE_EXCEEDED at max_batch_s and its KV is never
+    leased; meanwhile new requests are refused at once with UNAVAILABLE (nothing queued behind the batch); past
+    unhealthy_batch_s check_health raises, so Serve replaces the replica. Once the batch returns, all is well."""
+    sender, prefill, device_back = a_prefill_worker_with_a_blocked_batch(models, max_batch_s=0.3,
+                                                                          unhealthy_batch_s=0.8)
+    sampling = SamplingParams(max_new_tokens=8)
+
+    def unhealthy() -> bool:
+        try:
+            prefill.check_health()
+        except RuntimeError as e:
+            assert "prefill.unhealthy_batch_s = 0.8 s" in str(e)
+            return True
+        return False
+
+    async def run():
+        started = time.monotonic()
+        with pytest.raises(ServiceError) as error:
+            await prefill.prefill(PrefillRequest("stuck", PROMPTS[0], sampling))
+        assert error.value.code == "DEADLINE_EXCEEDED" and "prefill.max_batch_s = 0.3 s" in error.value.message
+        assert "'stuck'" in error.value.message and time.monotonic() - started < 2.0
+        assert not unhealthy()  # stuck past max_batch_s, not yet past unhealthy_batch_s
+
+        started = time.monotonic()
+        with pytest.raises(ServiceError) as error:
+            await prefill.prefill(PrefillRequest("next", PROMPTS[1], sampling))
+        assert error.value.code == "UNAVAILABLE" and "'next'" in error.value.message
+        assert "prefill.max_batch_s" in error.value.message and time.monotonic() - started < 0.1
+        assert prefill.stats()["num_waiting"] == 0
+
+        assert await wait_until(unhealthy)
+        device_back.set()
+        assert await wait_until(lambda: not unhealthy() and prefill.cache.num_free_slots == 2)
+        after = await prefill.prefill(PrefillRequest("after", PROMPTS[1], sampling))
+        assert sender.num_leases == 1  # the stuck request's KV was never leased
+        sender.release(after.request_id)
+
+    try:
+        asyncio.run(run())
+    finally:
+        device_back.set()
+    assert sender.num_leases == 0 and prefill.cache.num_free_slots == 2 and prefill.stats()["num_waiting"] == 0
+    prefill.close()
+
+
 def test_a_step_held_past_slow_step_s_sends_new_requests_elsewhere_unless_no_other_replica_is_left(models):
     """A step holds the model thread past slow_step_s but not yet max_step_s: the replica says so in its stats and
     refuses a new request at once (UNAVAILABLE, its KV untouched: another replica may take it), but admits it as the

@@ -8,6 +8,11 @@ grows memory or waiting time without bound. A `Scheduler` (engine/scheduler.py) 
 prompt. Every request hands off after its first token (`remote_decode`). The model runs on a single worker thread
 so the event loop keeps accepting requests (and the KV service keeps serving pulls) meanwhile; the scheduler lives
 on the event loop.
+
+The same watchdog as decode's (decode_worker.py): a batch that runs past `max_batch_s` fails its requests with
+DEADLINE_EXCEEDED at once (its staging slots are freed when the model thread returns: it cannot be interrupted), and
+while it still runs the replica refuses new requests with UNAVAILABLE rather than queue them behind a wedged device.
+A batch still running after `unhealthy_batch_s` makes `check_health` fail, so Ray Serve replaces the replica.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class PrefillSettings:
     max_queued_requests: int = 256   # requests waiting beyond the free staging slots; more are refused
     max_queued_tokens: int = 32768   # prompt tokens waiting; more are refused with RESOURCE_EXHAUSTED
     max_leased_tokens: int = 65536   # prompt tokens queued + running + leased (this replica's KV); likewise
+    max_batch_s: float = 60.0        # a batch running longer fails its requests with DEADLINE_EXCEEDED
+    unhealthy_batch_s: float = 300.0  # a batch running longer makes check_health fail (the replica is replaced)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class PrefillWorker:
         self.num_running = 0
         self._running_tokens = 0
         self.num_prefilled = 0
+        self._batch_started_at: float | None = None  # monotonic time the running batch began; None between batches
 
     # ---- public ------------------------------------------------------------------------------------------------
 
@@ -92,6 +100,11 @@ class PrefillWorker:
                                                               f"queued, running or leased, {num_tokens} more exceed "
                                                               f"{self.settings.max_leased_tokens})")
         rid, seed = request.request_id, request.sampling.resolved_seed()
+        held_s = self._batch_running_s()
+        if held_s > self.settings.max_batch_s:
+            raise ServiceError(StatusCode.UNAVAILABLE, f"prefill replica refused request {rid!r}: its model thread is "
+                                                       f"held by a batch running {held_s:.0f} s, past "
+                                                       f"prefill.max_batch_s = {self.settings.max_batch_s:g} s")
         try:
             self.scheduler.add(Request.to_prefill(rid, request.prompt_ids, request.sampling, seed, remote_decode=True))
         except QueueFull as e:
@@ -122,6 +135,18 @@ class PrefillWorker:
             "num_prefilled": self.num_prefilled,
         }
 
+    def check_health(self) -> None:
+        """Raises while the model thread is held by one batch for longer than `unhealthy_batch_s`."""
+        running_s = self._batch_running_s()
+        if running_s > self.settings.unhealthy_batch_s:
+            raise RuntimeError(f"a prefill batch has been running for {running_s:.0f} s, past "
+                               f"prefill.unhealthy_batch_s = {self.settings.unhealthy_batch_s:g} s: the model thread "
+                               f"is stuck")
+
+    def _batch_running_s(self) -> float:
+        started = self._batch_started_at
+        return 0.0 if started is None else time.monotonic() - started
+
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -146,13 +171,23 @@ class PrefillWorker:
             self.num_running = len(plan.prefill)
             self._running_tokens = sum(len(row.token_ids) for row in plan.prefill)
             try:
-                # 2) Run it on the model thread: first tokens, and a copy of each row's KV.
+                # 2) Run it on the model thread, within max_batch_s: first tokens, and a copy of each row's KV.
+                self._batch_started_at = time.monotonic()
+                batch = loop.run_in_executor(self._executor, self._prefill_batch, plan)
                 try:
-                    rows = await loop.run_in_executor(self._executor, self._prefill_batch, plan)
+                    rows = await asyncio.wait_for(asyncio.shield(batch), self.settings.max_batch_s)
+                except TimeoutError:  # fail the callers now; the staging slots stay taken until the thread lets go
+                    log.error("prefill batch of %d ran past %g s", len(plan.prefill), self.settings.max_batch_s)
+                    message = f"the prefill batch ran past prefill.max_batch_s = {self.settings.max_batch_s:g} s"
+                    self._answer(self.scheduler.fail_step(plan, StatusCode.DEADLINE_EXCEEDED, message), {})
+                    await asyncio.wait([batch])
+                    continue
                 except Exception as e:  # a failed batch fails its requests, never the worker
                     log.exception("prefill batch of %d failed", len(plan.prefill))
                     self._answer(self.scheduler.fail_step(plan, StatusCode.INTERNAL, f"prefill failed: {e}"), {})
                     continue
+                finally:
+                    self._batch_started_at = None
                 # 3) Finish reasons, then lease the KV of every request that continues in the decode pool.
                 events = self.scheduler.update(plan, [row.token for row in rows])
                 prefilled = {r.request_id: row for r, row in zip(plan.prefill, rows)}

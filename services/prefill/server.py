@@ -54,12 +54,19 @@ class PrefillServer:
                             max_batch_size=config.prefill.max_batch_size,
                             max_queued_requests=config.prefill.max_queued_requests,
                             max_queued_tokens=config.prefill.max_queued_tokens,
-                            max_leased_tokens=config.prefill.max_leased_tokens),
+                            max_leased_tokens=config.prefill.max_leased_tokens,
+                            max_batch_s=config.prefill.max_batch_s,
+                            unhealthy_batch_s=config.prefill.unhealthy_batch_s),
         )
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         """Called by the router; returns the ticket (never KV bytes)."""
         return await self.worker.prefill(request)
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve every health_check_period_s: raising marks this replica unhealthy and Serve replaces
+        it. Fails while one prefill batch holds the model thread past prefill.unhealthy_batch_s."""
+        self.worker.check_health()
 
     async def stats(self) -> dict:
         return {**self.worker.stats(), "leases_expired": getattr(getattr(self.sender, "leases", None), "num_expired", 0)}

@@ -34,7 +34,7 @@ from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, loa
 from overfill.serving.config import ServiceConfig, decoder_dir
 from overfill.serving.request_log import RequestLog
 from overfill.serving.tokenizer_queue import TokenizerQueue
-from overfill.serving.types import PrefillRequest, ServiceError
+from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
 from overfill.status import FinishReason, StatusCode
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
@@ -44,12 +44,15 @@ from services.metrics import RouterMetrics
 from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
 from services.router.grpc_handlers import SERVICE_NAME
+from services.router.pool_health import PoolHealth, PoolStatus
 from services.router.replica_counts import ReplicaCounts
 
 log = logging.getLogger(__name__)
 
 MAX_MIGRATIONS = 1  # times a request whose decode replica died continues on another one; then UNAVAILABLE
 HEALTH_TIMEOUT_S = 5.0  # a pool whose replicas do not answer within this is not serving
+HEALTH_MAX_AGE_S = 1.0  # health calls answer from one probe of the pools for this long (pool_health.py)
+REPLICA_COUNTS_TIMEOUT_S = 1.0  # Serve's controller answering slower: the last replica counts known stand
 HEALTH_WATCH_PERIOD_S = 2.0  # how often a grpc.health.v1 Watch looks at the pools again
 HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # what grpc.health.v1 answers for: the server as a whole, and the API
 
@@ -61,6 +64,11 @@ def health_status(serving: bool) -> int:
 def unknown_health_service(service: str) -> str:
     return (f"unknown service {service[:64]!r}: health is reported for "
             f"{' and '.join(repr(n) for n in HEALTH_SERVICE_NAMES)}")
+
+
+async def answered(call):
+    """Awaits a handle call (a DeploymentResponse is awaitable, not a coroutine)."""
+    return await call
 
 
 def lease_releaser(config: ServiceConfig) -> KVReceiver:
@@ -100,8 +108,10 @@ class GenerationRouter:
         self.config, self.prefill, self.decode = config, prefill, decode
         self.metrics = RouterMetrics()
         self.kv_releaser = lease_releaser(config)
-        self.replica_counts = ReplicaCounts()
+        self.replica_counts = ReplicaCounts(REPLICA_COUNTS_TIMEOUT_S)
+        self.pool_health = PoolHealth(self._probe_pools, HEALTH_MAX_AGE_S, HEALTH_TIMEOUT_S)
         self.admission_retry = AdmissionRetry(config.decode.admission_retry_s)
+        self._late_releases: set[asyncio.Task] = set()  # leases of prefills that finished as their caller left
         self.num_running = 0
         # API keys are read here, from this replica's own file or environment; none found is a start-up error.
         self.api_keys = ApiKeyChecker(load_api_keys(config.auth)) if config.auth.enabled else None
@@ -205,18 +215,23 @@ class GenerationRouter:
     # ---- shared by both APIs -------------------------------------------------------------------------------------
 
     async def serving(self) -> tuple[bool, dict[str, int]]:
-        """Whether both pools serve: each has a RUNNING replica (as Serve's controller last said) and answers within
-        HEALTH_TIMEOUT_S; and the running replicas per deployment. A pool Serve reports empty is not serving at
-        once, rather than after the timeout (a Kubernetes probe waits 1 s by default)."""
+        """Whether both pools serve, and the running replicas per deployment: the answer of the last probe of the
+        pools, at most HEALTH_MAX_AGE_S old (services/router/pool_health.py), so that health calls, which need no
+        API key, never reach the pools faster than that whatever their rate."""
+        status = await self.pool_health.get()
+        return status.serving, dict(status.replicas)
+
+    async def _probe_pools(self) -> PoolStatus:
+        """Both pools serve: each has a RUNNING replica (as Serve's controller last said) and answers `stats()`. A
+        pool Serve reports empty is not serving at once, rather than after the timeout (a Kubernetes probe waits 1 s
+        by default)."""
         replicas = await self.replica_counts.get()
         if replicas and not (replicas.get("prefill") and replicas.get("decode")):
-            return False, replicas
-        try:
-            await asyncio.wait_for(asyncio.gather(self.prefill.stats.remote(), self.decode.stats.remote()),
-                                   HEALTH_TIMEOUT_S)
-            return True, replicas
-        except Exception:  # noqa: BLE001  no healthy replica in a pool
-            return False, replicas
+            return PoolStatus(False, replicas)
+        async with asyncio.TaskGroup() as probes:  # one pool failing cancels the other's call
+            for pool in (self.prefill, self.decode):
+                probes.create_task(answered(pool.stats.remote()))
+        return PoolStatus(True, replicas)
 
     def check_api_key(self, metadata) -> None:
         """The ingress check, before anything else of a request runs: `authorization: Bearer <key>` (gRPC metadata
@@ -333,7 +348,7 @@ class GenerationRouter:
             # replies, two requests may share one, and one's cleanup must never release the other's KV.
             lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
             sampling = dataclasses.replace(valid.sampling, max_new_tokens=valid.sampling.max_new_tokens - len(sent))
-            result = await self.prefill.prefill.remote(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling))
+            result = await self._prefilled(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling))
             ttft_s = ttft_s or time.perf_counter() - arrival
             head = message([result.first_token], result.finish_reason)
             if head.finish_reason or result.ticket is None:
@@ -379,6 +394,38 @@ class GenerationRouter:
                     if stream is not None:
                         stream.cancel()
                     await asyncio.shield(self._release(result.ticket))  # no-op if decode already pulled it
+
+    async def _prefilled(self, request: PrefillRequest) -> PrefillResult:
+        """The prefill pool's answer, within prefill.max_ticket_wait_s (DEADLINE_EXCEEDED past it). A caller that
+        leaves (cancelled, or the wait ran out) cancels the call, and the outcome is still watched: a prefill that
+        finished as the caller left has leased KV that nobody else knows of, and its lease is released as soon as
+        its ticket arrives rather than held until its TTL."""
+        call = self.prefill.prefill.remote(request)
+        outcome = asyncio.ensure_future(call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(outcome), self.config.prefill.max_ticket_wait_s)
+        except TimeoutError:
+            self._abandon(call, outcome)
+            raise ServiceError(StatusCode.DEADLINE_EXCEEDED,
+                               f"request {request.request_id.split('/')[0]}: no prefill within "
+                               f"prefill.max_ticket_wait_s = {self.config.prefill.max_ticket_wait_s:g} s") from None
+        except asyncio.CancelledError:
+            self._abandon(call, outcome)
+            raise
+
+    def _abandon(self, call, outcome: asyncio.Future) -> None:
+        """Cancel a prefill call nobody waits for any more, and release the lease of a ticket it brings anyway."""
+        call.cancel()  # a prompt still queued or in its batch is dropped by the replica, which frees its KV
+
+        def release_late_ticket(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            if done.result().ticket is not None:
+                release = asyncio.ensure_future(self._release(done.result().ticket))
+                self._late_releases.add(release)  # held until it ends: the loop keeps only weak references
+                release.add_done_callback(self._late_releases.discard)
+
+        outcome.add_done_callback(release_late_ticket)
 
     async def _release(self, ticket: KVTicket) -> None:
         """Free a lease decode has not pulled, at the KV service that holds it (the ticket names it; a no-op once
