@@ -23,6 +23,12 @@ def test_prefill_prefers_the_fewest_queued_prompt_tokens():
     assert ranking(LeastQueuedTokensRouter, candidates) == [["r1"], ["r3"], ["r0"], ["r2"]]
 
 
+def test_prefill_ranks_a_replica_stuck_in_a_batch_last_whatever_its_queue():
+    candidates = replicas({"queued_prompt_tokens": 0, "stuck_batch_s": 75.0}, {"queued_prompt_tokens": 900},
+                          {"queued_prompt_tokens": 10, "stuck_batch_s": 0.0})
+    assert ranking(LeastQueuedTokensRouter, candidates) == [["r2"], ["r1"], ["r0"]]
+
+
 def test_decode_prefers_the_most_free_kv_among_replicas_that_can_admit():
     candidates = replicas(
         {"num_free_slots": 2, "num_waiting": 0},

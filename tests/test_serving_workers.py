@@ -342,6 +342,7 @@ def test_a_prefill_batch_that_never_returns_fails_its_requests_refuses_new_ones_
         assert error.value.code == "DEADLINE_EXCEEDED" and "prefill.max_batch_s = 0.3 s" in error.value.message
         assert "'stuck'" in error.value.message and time.monotonic() - started < 2.0
         assert not unhealthy()  # stuck past max_batch_s, not yet past unhealthy_batch_s
+        assert prefill.stats()["stuck_batch_s"] > 0.3  # the prefill request router ranks it last
 
         started = time.monotonic()
         with pytest.raises(ServiceError) as error:
@@ -353,6 +354,7 @@ def test_a_prefill_batch_that_never_returns_fails_its_requests_refuses_new_ones_
         assert await wait_until(unhealthy)
         device_back.set()
         assert await wait_until(lambda: not unhealthy() and prefill.cache.num_free_slots == 2)
+        assert prefill.stats()["stuck_batch_s"] == 0
         after = await prefill.prefill(PrefillRequest("after", PROMPTS[1], sampling))
         assert sender.num_leases == 1  # the stuck request's KV was never leased
         sender.release(after.request_id)

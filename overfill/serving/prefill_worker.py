@@ -100,10 +100,10 @@ class PrefillWorker:
                                                               f"queued, running or leased, {num_tokens} more exceed "
                                                               f"{self.settings.max_leased_tokens})")
         rid, seed = request.request_id, request.sampling.resolved_seed()
-        held_s = self._batch_running_s()
-        if held_s > self.settings.max_batch_s:
+        stuck_s = self._stuck_batch_s()
+        if stuck_s:
             raise ServiceError(StatusCode.UNAVAILABLE, f"prefill replica refused request {rid!r}: its model thread is "
-                                                       f"held by a batch running {held_s:.0f} s, past "
+                                                       f"held by a batch running {stuck_s:.0f} s, past "
                                                        f"prefill.max_batch_s = {self.settings.max_batch_s:g} s")
         try:
             self.scheduler.add(Request.to_prefill(rid, request.prompt_ids, request.sampling, seed, remote_decode=True))
@@ -133,6 +133,7 @@ class PrefillWorker:
             "num_running": self.num_running,
             "num_leases": self.sender.num_leases,
             "num_prefilled": self.num_prefilled,
+            "stuck_batch_s": self._stuck_batch_s(),  # > 0: refuses new requests; the prefill router ranks it last
         }
 
     def check_health(self) -> None:
@@ -146,6 +147,11 @@ class PrefillWorker:
     def _batch_running_s(self) -> float:
         started = self._batch_started_at
         return 0.0 if started is None else time.monotonic() - started
+
+    def _stuck_batch_s(self) -> float:
+        """How long the running batch has been running, if past max_batch_s (its requests were failed); else 0."""
+        running_s = self._batch_running_s()
+        return running_s if running_s > self.settings.max_batch_s else 0.0
 
     def close(self) -> None:
         if self._task is not None:

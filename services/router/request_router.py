@@ -13,13 +13,16 @@ UNKNOWN = float("inf")
 
 
 class LeastQueuedTokensRouter(RequestRouter):
-    """Prefill: the replica with the fewest queued prompt tokens."""
+    """Prefill: the replica with the fewest queued prompt tokens; a replica whose batch runs past prefill.max_batch_s
+    (`stuck_batch_s`: it refuses new requests until the batch returns) last."""
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
-        ranked = sorted(candidate_replicas,
-                        key=lambda r: (r.routing_stats or {}).get("queued_prompt_tokens", UNKNOWN))
-        return [[replica] for replica in ranked]
+        def key(replica: RunningReplica) -> tuple:
+            stats = replica.routing_stats or {}
+            return stats.get("stuck_batch_s", 0) > 0, stats.get("queued_prompt_tokens", UNKNOWN)
+
+        return [[replica] for replica in sorted(candidate_replicas, key=key)]
 
 
 class MostFreeKVRouter(RequestRouter):
