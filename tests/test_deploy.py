@@ -183,3 +183,26 @@ def test_the_dockerfile_builds_the_image_the_manifests_run_with_the_ray_they_nam
             assert cluster["rayVersion"] == base_version, manifest
             pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
             assert {c["image"] for pod in pods for c in pod["spec"]["containers"]} == {image}, manifest
+
+
+def test_the_network_policy_keeps_ray_and_kv_ports_to_the_clusters_own_pods():
+    """Everything but the public APIs is reachable only from the RayService's own pods (and the dashboard from the
+    operator, metrics from monitoring): the policy selects every pod the RayService makes."""
+    policy = yaml.safe_load((DEPLOY / "kuberay" / "networkpolicy.yaml").read_text())
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    cluster = rayservice_documents()["RayService"]["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert all(selector.items() <= t["metadata"]["labels"].items() for t in templates)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    open_to_all, by_source = set(), {}
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if "from" not in rule:
+            open_to_all |= ports
+            continue
+        for source in rule["from"]:
+            by_source[yaml.safe_dump(source)] = ports
+    assert open_to_all == {8000, 9000}  # the public gRPC and HTTP APIs only
+    own_pods = yaml.safe_dump({"podSelector": {"matchLabels": selector}})
+    assert by_source.pop(own_pods) == set()  # every port, from the cluster's own pods
+    assert sorted(by_source.values(), key=sorted) == [{8080}, {8265, 52365}]
