@@ -223,3 +223,42 @@ def test_a_prefill_past_max_ticket_wait_s_is_deadline_exceeded_and_its_late_tick
 
     asyncio.run(run())
     assert_no_kv_left_and_close(prefill, decode)
+
+
+# ---- tokenizing: a bounded queue ------------------------------------------------------------------------------------
+
+def test_a_request_past_a_full_tokenizer_queue_is_refused_at_once(tiny_models, monkeypatch):
+    """server.max_tokenizer_queue = 1 and the tokenizer busy with one request: the next is RESOURCE_EXHAUSTED at
+    once, naming the field, and the first is served once the tokenizer is free."""
+    import services.router.server as router_module
+
+    router, prefill, decode = in_process_router(tiny_models, monkeypatch, "server.max_tokenizer_queue=1")
+    tokenizer_free, validate = threading.Event(), router_module.validate_request
+
+    def busy_validate(*args):
+        tokenizer_free.wait(10.0)
+        return validate(*args)
+
+    monkeypatch.setattr(router_module, "validate_request", busy_validate)
+
+    async def generate(request_id: str, context: _Context) -> list:
+        return [r async for r in router.Generate(pb.GenerateRequest(prompt="hello there", max_tokens=4,
+                                                                    request_id=request_id), context)]
+
+    async def run():
+        first = asyncio.create_task(generate("first", _Context()))
+        assert await wait_until(lambda: router.tokenizer_queue.num_queued == 1)
+        context, started = _Context(), time.monotonic()
+        with pytest.raises(Exception):
+            await generate("second", context)
+        assert time.monotonic() - started < 0.5 and context.code.name == "RESOURCE_EXHAUSTED"
+        assert "server.max_tokenizer_queue = 1" in context.details and "second" in context.details
+        tokenizer_free.set()
+        assert (await first)[-1].finish_reason
+
+    try:
+        asyncio.run(run())
+    finally:
+        tokenizer_free.set()
+    assert router.tokenizer_queue.num_queued == 0
+    assert_no_kv_left_and_close(prefill, decode)
