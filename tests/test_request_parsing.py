@@ -164,12 +164,18 @@ def test_a_normalizing_tokenizer_is_allowed_more_characters_per_token():
 
     from overfill.serving.validation import CHARS_PER_TOKEN_SLACK, max_token_chars
 
+    from tokenizers.pre_tokenizers import ByteLevel, Whitespace
+
     vocab = {"a": 0, "abcd": 1}
-    plain = SimpleNamespace(get_vocab=lambda: vocab, backend_tokenizer=SimpleNamespace(normalizer=None))
-    normalizing = SimpleNamespace(get_vocab=lambda: vocab, backend_tokenizer=SimpleNamespace(normalizer=object()))
+
+    def tokenizer(**backend):
+        return SimpleNamespace(get_vocab=lambda: vocab, backend_tokenizer=SimpleNamespace(**backend))
+
+    assert max_token_chars(tokenizer(normalizer=None, pre_tokenizer=ByteLevel())) == 4
+    normalizing = tokenizer(normalizer=object(), pre_tokenizer=ByteLevel())
+    dropping = tokenizer(normalizer=None, pre_tokenizer=Whitespace())  # not byte-level: the slack, at least
     slow = SimpleNamespace(get_vocab=lambda: vocab)  # a Python tokenizer: whatever it does, unseen
-    assert max_token_chars(plain) == 4
-    assert max_token_chars(normalizing) == max_token_chars(slow) == 4 * CHARS_PER_TOKEN_SLACK
+    assert {max_token_chars(t) for t in (normalizing, dropping, slow)} == {4 * CHARS_PER_TOKEN_SLACK}
 
 
 def test_a_660k_character_prompt_to_the_default_model_is_refused_before_tokenizing():

@@ -40,13 +40,17 @@ class Limits:
 
 
 def max_token_chars(tokenizer) -> int:
-    """The most characters of text one token can cover: its longest vocabulary entry. Byte-level BPE spells each
-    byte as one character and a text's character is at least one byte, so without a normalizer no token covers
-    more characters of the text than its entry has. A normalizer may compose characters first (or a slow tokenizer
-    may, unseen), so then CHARS_PER_TOKEN_SLACK times that."""
+    """The most characters of text one token can cover: its longest vocabulary entry, for byte-level BPE without a
+    normalizer (Llama 3's and SmolLM2's tokenizers): it spells each byte as one character and a text's character is
+    at least one byte, so no token covers more characters of the text than its entry has. Any other tokenizer may
+    compose characters first (a normalizer; a slow tokenizer, unseen), so CHARS_PER_TOKEN_SLACK times that. (A
+    pre-tokenizer that drops characters, such as BERT's Whitespace, has no such bound; the supported architectures'
+    tokenizers have none.)"""
+    from tokenizers.pre_tokenizers import ByteLevel
+
     longest = max(len(token) for token in tokenizer.get_vocab())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and backend.normalizer is None:
+    if backend is not None and backend.normalizer is None and isinstance(backend.pre_tokenizer, ByteLevel):
         return longest
     return CHARS_PER_TOKEN_SLACK * longest
 
