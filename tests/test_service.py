@@ -13,6 +13,7 @@ from overfill.client import OverFillClient, OverFillError
 from overfill.engine.sampling import SamplingParams
 from tests.service_helpers import assert_no_kv_left as assert_no_kv_left_in
 from tests.faults.replicas import exported_replicas, metric, scrape
+from tests.test_dashboard import metrics_read_by_the_vllm_rules
 from tests.service_helpers import (EIGHT_PROMPTS, concurrent_greedy, in_process, session_ray, tiny_service,
                                    tiny_service_config, wait_for)
 
@@ -166,6 +167,11 @@ def test_prometheus_metrics_are_exported(service):
 
     # Each replica exports on its own schedule: wait until every one has (a gauge may lag a histogram).
     assert wait_for(lambda: not missing(), timeout_s=60), missing()
+    samples = ours()
+    served = config.server.served_model_name or config.models.full
+    assert {labels.get("model_name") for name, labels, _ in samples if name.startswith("ray_overfill_")} == {served}
+    # What deploy/prometheus/vllm-rules.yaml reads is in the scrape (so vLLM dashboards get their series).
+    assert metrics_read_by_the_vllm_rules() <= {name for name, _, _ in samples}
     if not torch.cuda.is_available():
         assert not any(name.startswith("ray_overfill_gpu_") for name, _, _ in scrape(config))  # absent, not zero
 

@@ -16,7 +16,7 @@ from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
 from services.autoscaling import DECODE_METRIC
-from services.metrics import DecodeMetrics
+from services.metrics import DecodeMetrics, served_model_name
 from services.prefill.server import kv_host
 
 
@@ -28,7 +28,7 @@ class DecodeServer:
         directory = decoder_dir(config.models)
         decoder = load_decoder(directory, dtype=config.models.dtype, device=config.models.device)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        self.metrics = DecodeMetrics()
+        self.metrics = DecodeMetrics(served_model_name(config))
         self.replica_id = own_replica_id()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,
                                       bind_host=kv_host(config), transfer_timeout_s=config.kv.transfer_timeout_s)

@@ -19,7 +19,7 @@ from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
 from services.autoscaling import PREFILL_METRIC
-from services.metrics import PrefillMetrics
+from services.metrics import PrefillMetrics, served_model_name
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PrefillServer:
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
                                   device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s)
-        self.metrics = PrefillMetrics()
+        self.metrics = PrefillMetrics(served_model_name(config))
         self.worker = PrefillWorker(
             ModelRunner(full.model), self.sender, eos_token_ids(full.model.config, full.model.generation_config,
                                                                 full.tokenizer),

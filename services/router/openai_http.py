@@ -38,6 +38,7 @@ from overfill.serving.openai_schema import (ChatCompletionRequest, CompletionReq
 from overfill.serving.types import ServiceError
 from overfill.serving.validation import REQUEST_ID
 from overfill.status import StatusCode
+from services.metrics import served_model_name
 from services.router.grpc_handlers import MAX_REQUEST_BYTES
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class OpenAIEndpoints:
     def __init__(self, router: GenerationRouter):
         self.router = router
         config = router.config
-        self.model_name = config.server.served_model_name or config.models.full
+        self.model_name = served_model_name(config)
         self.model_card = ModelCard(
             id=self.model_name, created=int(time.time()), max_model_len=config.server.max_context_tokens,
             overfill=message_as_json(router.model_info))

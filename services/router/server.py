@@ -40,7 +40,7 @@ from overfill.status import FinishReason, StatusCode
 from overfill.transport.base import KVReceiver, KVTicket, KVTransferError, make_receiver
 from overfill.transport.grpc_backend import GrpcKVReceiver
 from overfill.v1 import generation_pb2 as pb
-from services.metrics import RouterMetrics
+from services.metrics import RouterMetrics, served_model_name
 from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
 from services.router.grpc_handlers import SERVICE_NAME
@@ -106,7 +106,7 @@ class GenerationRouter:
         from transformers import AutoConfig, AutoTokenizer
 
         self.config, self.prefill, self.decode = config, prefill, decode
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(served_model_name(config))
         self.kv_releaser = lease_releaser(config)
         self.replica_counts = ReplicaCounts(REPLICA_COUNTS_TIMEOUT_S)
         self.pool_health = PoolHealth(self._probe_pools, HEALTH_MAX_AGE_S, HEALTH_TIMEOUT_S)
