@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill): prune
-# SmolLM2-135M, reconstructing what it cuts, then distil it in overfill mode on the shipped data (about 15 minutes
+# SmolLM2-135M, reconstructing what it cuts, then distil it in overfill mode on the shipped data (about 20 minutes
 # on 2 CPU cores, once; resumable).
 decoder: $(STAMP)
 	$(VENV)/bin/overfill decoder default
