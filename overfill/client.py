@@ -52,13 +52,18 @@ def with_request_id(kwargs: dict) -> dict:
 
 def make_request(prompt: str | None = None, messages: list[dict] | None = None, max_tokens: int = 0,
                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 seed: int | None = None, stop: list[str] = (), request_id: str = "") -> pb.GenerateRequest:
-    """Exactly one of `prompt` (raw text) or `messages` (chat, [{"role", "content"}, ...])."""
-    request = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), request_id=request_id)
+                 seed: int | None = None, stop: list[str] = (), request_id: str = "",
+                 prompt_token_ids: list[int] | None = None, stop_token_ids: list[int] = (),
+                 ignore_eos: bool = False) -> pb.GenerateRequest:
+    """Exactly one of `prompt` (raw text), `messages` (chat, [{"role", "content"}, ...]) or `prompt_token_ids`."""
+    request = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), request_id=request_id,
+                                 stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos)
     if prompt is not None:
         request.prompt = prompt
     if messages is not None:
         request.chat.CopyFrom(pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in messages]))
+    if prompt_token_ids is not None:
+        request.prompt_token_ids.CopyFrom(pb.TokenIds(ids=list(prompt_token_ids)))
     if temperature is not None:
         request.temperature = temperature
     if top_p is not None:

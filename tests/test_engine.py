@@ -58,6 +58,20 @@ def test_generation_stops_at_eos_and_reports_timings():
     assert stopped.ttft_s > 0 and (stopped.tpot_s is None or stopped.tpot_s > 0)
 
 
+def test_a_stop_token_id_ends_its_request_and_ignore_eos_runs_past_eos():
+    model = tiny_model("llama")
+    prompt = [5, 6, 7]
+    free_run = full_engine(model).generate([prompt], SamplingParams(max_new_tokens=8), "full")[0].token_ids
+    stop = free_run[2]
+    stopped = full_engine(model).generate([prompt], SamplingParams(max_new_tokens=8, stop_token_ids=(stop,)),
+                                          "full")[0]
+    assert stopped.token_ids == free_run[:free_run.index(stop) + 1] and stopped.finish_reason == "stop"
+    eos = free_run[1]
+    past_eos = full_engine(model, eos=[eos]).generate([prompt], SamplingParams(max_new_tokens=8, ignore_eos=True),
+                                                      "full")[0]
+    assert past_eos.token_ids == free_run and past_eos.finish_reason == "length"
+
+
 def test_token_callback_can_end_its_row():
     """A callback returning True (a stop string reached) ends that row there; the other rows run on unchanged."""
     engine = full_engine(tiny_model("qwen2"))
@@ -101,6 +115,7 @@ def test_kv_slots_are_freed_after_generation_and_after_errors():
 @pytest.mark.parametrize("bad, message", [
     (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(top_p=0.0), "top_p"), (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(stop_token_ids=[3]), "stop_token_ids must be a tuple"), (dict(stop_token_ids=(-1,)), "stop_token_ids"),
 ])
 def test_bad_sampling_params_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):

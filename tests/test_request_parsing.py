@@ -252,3 +252,30 @@ def test_no_token_covers_more_characters_than_its_vocabulary_entry(text):
 
 
 _TOKENIZER: dict = {}
+
+
+def test_token_ids_in_and_out_are_checked_against_the_vocabulary():
+    from tests.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    vocab_size = len(tokenizer)
+    limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8)
+    valid = validate_request(pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[5, 6, 7]), stop_token_ids=[9, 4],
+                                                ignore_eos=True), tokenizer, limits)
+    assert valid.prompt_ids == [5, 6, 7]
+    assert valid.sampling.stop_token_ids == (9, 4) and valid.sampling.ignore_eos
+    refusals = [
+        (pb.GenerateRequest(prompt_token_ids=pb.TokenIds()), "INVALID_ARGUMENT", "prompt_token_ids.ids is empty"),
+        (pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[1, vocab_size])), "INVALID_ARGUMENT",
+         f"prompt_token_ids.ids[1] = {vocab_size} is not a token id of the model (its vocabulary has {vocab_size})"),
+        (pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[1] * 65)), "RESOURCE_EXHAUSTED",
+         "prompt_token_ids holds 65 tokens, more than the context of 64 tokens"),
+        (pb.GenerateRequest(prompt="hi", stop_token_ids=[1] * 33), "INVALID_ARGUMENT",
+         "stop_token_ids may hold at most 32 ids, got 33"),
+        (pb.GenerateRequest(prompt="hi", stop_token_ids=[3, 2**31]), "INVALID_ARGUMENT",
+         f"stop_token_ids[1] = {2**31} is not a token id of the model (its vocabulary has {vocab_size})"),
+    ]
+    for request, code, message in refusals:
+        with pytest.raises(ServiceError) as error:
+            validate_request(request, tokenizer, limits)
+        assert (error.value.code, error.value.message) == (code, message)

@@ -59,6 +59,23 @@ def test_greedy_through_the_service_equals_in_process(service):
     assert_no_kv_left(service)
 
 
+def test_token_ids_in_stop_token_ids_and_ignore_eos_through_the_service(service):
+    """A prompt sent as its token ids decodes as the text does; a stop token id ends the request on that token, in
+    the prefill pool (the first token) or the decode pool (a later one); ignore_eos runs to max_tokens."""
+    prompt = "one two three"
+    expected = in_process(service, prompt, 20)
+    prompt_ids = service["engine"].tokenizer(prompt)["input_ids"]
+    with OverFillClient(service["address"]) as client:
+        assert list(client.generate_unary(prompt_token_ids=prompt_ids, max_tokens=20).token_ids) == expected
+        for stop in (expected[0], expected[3]):
+            unary = client.generate_unary(prompt, max_tokens=20, stop_token_ids=[stop])
+            assert list(unary.token_ids) == expected[:expected.index(stop) + 1] and unary.finish_reason == "stop"
+        unary = client.generate_unary(prompt, max_tokens=20, ignore_eos=True)
+        assert len(unary.token_ids) == 20 and unary.finish_reason == "length"
+        assert list(unary.token_ids)[:len(expected)] == expected
+    assert_no_kv_left(service)
+
+
 def test_eight_concurrent_streams_complete_correctly(service):
     outputs = concurrent_greedy(service["address"], EIGHT_PROMPTS, 24)
     assert outputs == [in_process(service, p, 24) for p in EIGHT_PROMPTS]

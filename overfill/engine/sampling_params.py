@@ -27,6 +27,8 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     max_new_tokens: int = 128
+    stop_token_ids: tuple[int, ...] = ()  # end the request like EOS (the token is kept)
+    ignore_eos: bool = False              # the model's EOS tokens do not end it
 
     def __post_init__(self):
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -40,6 +42,13 @@ class SamplingParams:
             raise ValueError(f"seed must be an integer in [0, 2**64 - 1] or None, got {self.seed!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not isinstance(self.stop_token_ids, tuple) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be a tuple of token ids >= 0, got {self.stop_token_ids!r}")
+
+    def ends(self, token_id: int, eos_token_ids: frozenset[int]) -> bool:
+        """Whether sampling `token_id` ends the request (finish reason stop)."""
+        return token_id in self.stop_token_ids or (not self.ignore_eos and token_id in eos_token_ids)
 
     @property
     def greedy(self) -> bool:

@@ -288,7 +288,7 @@ class Scheduler:
             entry.num_generated += 1
             entry.last_token = token
             request = entry.request
-            if token in self.config.eos_token_ids or row.request_id in stopped:
+            if request.sampling.ends(token, self.config.eos_token_ids) or row.request_id in stopped:
                 reason = FinishReason.STOP
             elif entry.num_generated >= request.sampling.max_new_tokens:
                 reason = FinishReason.LENGTH

@@ -19,6 +19,7 @@ from overfill.status import StatusCode
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 256
+MAX_STOP_TOKEN_IDS = 32
 MAX_TEMPERATURE = 10.0
 MAX_PROMPT_CHARS = 1 << 20     # server.max_prompt_chars by default
 MAX_CHAT_MESSAGES = 1024       # server.max_chat_messages by default
@@ -119,6 +120,10 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     for index, text in enumerate(stop):
         if not 1 <= len(text) <= MAX_STOP_LENGTH:
             raise _invalid(f"stop[{index}] must be 1-{MAX_STOP_LENGTH} characters, got {len(text)}")
+    stop_token_ids = tuple(request.stop_token_ids)
+    if len(stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise _invalid(f"stop_token_ids may hold at most {MAX_STOP_TOKEN_IDS} ids, got {len(stop_token_ids)}")
+    _refuse_unknown_ids(stop_token_ids, "stop_token_ids", tokenizer)
 
     # 3) The prompt, tokenized once.
     which = request.WhichOneof("input")
@@ -152,16 +157,35 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
             raise _invalid("chat is not available: the model has no chat template (send prompt instead)")
         text = render_chat(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
         prompt_ids = _tokenize(tokenizer, text, "chat", max_tokens, limits, add_special_tokens=False)
+    elif which == "prompt_token_ids":
+        prompt_ids = list(request.prompt_token_ids.ids)
+        if not prompt_ids:
+            raise _invalid("prompt_token_ids.ids is empty")
+        if len(prompt_ids) > limits.max_context_tokens:  # before the vocabulary walk: that costs per id
+            raise ContextLengthExceeded(f"prompt_token_ids holds {len(prompt_ids)} tokens, more than the context of "
+                                        f"{limits.max_context_tokens} tokens")
+        _refuse_unknown_ids(prompt_ids, "prompt_token_ids.ids", tokenizer)
     else:
-        raise _invalid("one of prompt or chat must be set")
+        raise _invalid("one of prompt, chat or prompt_token_ids must be set")
     if not prompt_ids:
         raise _invalid("prompt encodes to no tokens")
     if len(prompt_ids) + max_tokens > limits.max_context_tokens:
         raise ContextLengthExceeded(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                                     f"context of {limits.max_context_tokens} tokens")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                              max_new_tokens=max_tokens)
+                              max_new_tokens=max_tokens, stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos)
     return ValidRequest(request_id, prompt_ids, sampling, stop)
+
+
+def _refuse_unknown_ids(token_ids, field: str, tokenizer) -> None:
+    """Token ids a caller sent must be ids of the served model's vocabulary (the embedding would index past it)."""
+    if not token_ids:
+        return
+    vocab_size = len(tokenizer)
+    for index, token_id in enumerate(token_ids):
+        if token_id >= vocab_size:
+            raise _invalid(f"{field}[{index}] = {token_id} is not a token id of the model (its vocabulary has "
+                           f"{vocab_size})")
 
 
 class StopStringMatcher:
