@@ -206,3 +206,11 @@ def test_the_network_policy_keeps_ray_and_kv_ports_to_the_clusters_own_pods():
     own_pods = yaml.safe_dump({"podSelector": {"matchLabels": selector}})
     assert by_source.pop(own_pods) == set()  # every port, from the cluster's own pods
     assert sorted(by_source.values(), key=sorted) == [{8080}, {8265, 52365}]
+
+
+@pytest.mark.parametrize("name, serve_config", [c for c in serve_configs() if c[0] != "local.yaml"],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_cluster_deploy_files_log_json(name, serve_config):
+    """Off a laptop, logs go to a pipeline: every replica of the app logs JSON lines (local.yaml keeps text)."""
+    logging_config = ServeDeploySchema.model_validate(serve_config).applications[0].logging_config
+    assert logging_config is not None and logging_config.encoding == "JSON"
