@@ -44,10 +44,6 @@ SERVE_PROCESS_ENV = {
     # The gRPC proxy reads messages of up to 2 GiB by default. Ours are at most MAX_REQUEST_BYTES, and the servicer
     # refuses a larger one unparsed, naming the size; beyond twice that the proxy refuses it without reading it.
     "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(2 * MAX_REQUEST_BYTES),
-    # Replicas push their autoscaling metrics every 2 s rather than 10 s: KV demand changes within seconds. NOTE:
-    # Ray 2.60 defines this setting but does not read it yet (its replicas push every
-    # autoscaling_config.metrics_interval_s).
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2",
 }
 
 

@@ -10,12 +10,7 @@ from overfill.client import AsyncOverFillClient, OverFillClient
 from services.app import read_serve_file
 from tests.service_helpers import assert_no_kv_left, tiny_service, wait_for
 
-pytestmark = [
-    pytest.mark.service,
-    # Ray checks look_back_period_s against the deprecated metrics_interval_s (10 s), not against the push interval
-    # that replaces it: here replicas push every 1 s, so a 2 s look-back holds two reports.
-    pytest.mark.filterwarnings("ignore:`look_back_period_s`.*must be greater than `metrics_interval_s`:FutureWarning"),
-]
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +18,9 @@ def service(service_models):
     serve_file = read_serve_file("deploy/local.yaml")
     (app,) = serve_file["applications"]
     (decode,) = app["deployments"]
-    decode["autoscaling_config"].update(upscale_delay_s=0, downscale_delay_s=2, look_back_period_s=2)
-    # Replicas report their autoscaling metrics every second instead of every ten (an environment variable of the
-    # application's processes: the session's cluster is up already).
-    app["runtime_env"] = {"env_vars": {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}}
+    # Replicas report their KV demand every second; a 2 s look-back holds two reports.
+    decode["autoscaling_config"].update(upscale_delay_s=0, downscale_delay_s=2, look_back_period_s=2,
+                                        metrics_interval_s=1)
     with tiny_service(service_models, "decode.num_slots=2", "decode.max_waiting=64", "server.max_tokens_limit=128",
                       serve_file=serve_file) as service:
         yield service["config"]
