@@ -24,7 +24,8 @@ class ScriptedRouter:
     `error` (raised after them, or before any if there are none). Records whether the generator was closed."""
 
     def __init__(self, pieces=(), error: Exception | None = None, serving: bool = True):
-        self.config = SimpleNamespace(server=SimpleNamespace(served_model_name=MODEL, max_context_tokens=256),
+        self.config = SimpleNamespace(server=SimpleNamespace(served_model_name=MODEL, max_context_tokens=256,
+                                                               max_chat_messages=1024),
                                       models=SimpleNamespace(full="/models/full"))
         self.model_info = pb.ModelInfoResponse(full_model="/models/full", decoder_parameters=7)
         self.pieces, self.error, self.is_serving = list(pieces), error, serving
@@ -35,7 +36,7 @@ class ScriptedRouter:
         if ("authorization", "Bearer good-key") not in list(headers):
             raise ServiceError(StatusCode.UNAUTHENTICATED, "invalid API key")
 
-    async def observed_generate(self, request: pb.GenerateRequest):
+    async def observed_generate(self, request: pb.GenerateRequest, caller):
         self.requests.append(request)
         try:
             for piece in self.pieces:

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.service
 FILE_KEY = "file-key-0123456789abcdef"
 ENV_KEY = "env-key-fedcba9876543210"
 KEYS_ENV = "OVERFILL_SECURITY_TEST_KEYS"
+MAX_PER_KEY = 2  # auth.max_requests_per_key: the tests below send at most this many at once per key but one
 PROMPT = "xylophone pelican 4812 ravioli"  # appears in no log line unless server.log_prompts
 
 
@@ -61,7 +62,8 @@ def service(tmp_path_factory, service_models):
     # cluster is up already, with an environment of its own).
     serve_file = serve_file_for_tests(env_vars={KEYS_ENV: ENV_KEY})
     with tiny_service(service_models, "auth.enabled=true", f"auth.api_keys_file={keys_file}",
-                      f"auth.api_keys_env={KEYS_ENV}", f"server.tls_cert_file={cert}", f"server.tls_key_file={key}",
+                      f"auth.api_keys_env={KEYS_ENV}", f"auth.max_requests_per_key={MAX_PER_KEY}",
+                      f"server.tls_cert_file={cert}", f"server.tls_key_file={key}",
                       f"server.tls_port={tls_port}", serve_file=serve_file) as service:
         config = service["config"]
         logs_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
@@ -118,6 +120,43 @@ def test_every_rpc_but_health_needs_a_valid_key(service):
             outputs.append([t for piece in client.generate(PROMPT, max_tokens=8) for t in piece.token_ids])
             assert list(client.generate_unary(PROMPT, max_tokens=8).token_ids) == outputs[-1]
     assert outputs[0] == outputs[1] and len(outputs[0]) == 8
+    assert_no_kv_left(service["config"])
+
+
+def test_one_key_past_its_limit_is_refused_while_another_key_is_served(service):
+    """Many streams of one key at once: past auth.max_requests_per_key some are refused with RESOURCE_EXHAUSTED
+    naming the field, the others are served, another key is served meanwhile, and every place is given back
+    (streams cancelled at their first token included), so the key is served again afterwards."""
+    import asyncio
+
+    async def one_stream(key: str, max_tokens: int, leave_early: bool = False) -> str:
+        async with AsyncOverFillClient(service["plain"], api_key=key, timeout_s=60) as client:
+            stream = client.generate(PROMPT, max_tokens=max_tokens)
+            try:
+                async for _ in stream:
+                    if leave_early:
+                        await stream.aclose()
+                        return "left"
+                return "OK"
+            except OverFillError as e:
+                assert e.code != "RESOURCE_EXHAUSTED" or "auth.max_requests_per_key = 2" in e.message, e.message
+                return e.code
+
+    async def flood():
+        limit = service["config"].server.max_tokens_limit
+        return await asyncio.gather(*[one_stream(FILE_KEY, limit) for _ in range(4 * MAX_PER_KEY)],
+                                    one_stream(ENV_KEY, 8))
+
+    async def all_at_once(leave_early: bool):
+        return await asyncio.gather(*[one_stream(FILE_KEY, 8, leave_early) for _ in range(MAX_PER_KEY)])
+
+    *flooded, other = asyncio.run(flood())
+    assert other == "OK" and "RESOURCE_EXHAUSTED" in flooded and set(flooded) <= {"OK", "RESOURCE_EXHAUSTED"}
+    for _ in range(3):  # streams cancelled at their first piece give their places back (a leak would refuse all)
+        assert set(asyncio.run(all_at_once(leave_early=True))) <= {"left", "RESOURCE_EXHAUSTED"}
+        assert wait_for(lambda: asyncio.run(all_at_once(leave_early=False)) == ["OK"] * MAX_PER_KEY, timeout_s=10)
+    assert http_post(service, "/v1/completions", {"model": service["config"].models.full, "prompt": PROMPT,
+                                                  "max_tokens": 4}) == 200
     assert_no_kv_left(service["config"])
 
 

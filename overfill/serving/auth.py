@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from overfill.serving.config import AuthConfig, ConfigError
 
@@ -79,6 +80,11 @@ def load_api_keys(auth: AuthConfig, environ: Mapping[str, str] | None = None) ->
     return list(dict.fromkeys(keys))
 
 
+class KeyCheck(NamedTuple):
+    refusal: str | None     # why the key is refused (a key of REFUSALS), or None: accepted
+    key_id: bytes | None    # the accepted key's SHA-256 digest: who the caller is, for per-key limits
+
+
 def _digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
@@ -96,16 +102,22 @@ class ApiKeyChecker:
 
     def refusal(self, metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
         """None when the metadata carries an accepted key, else why not: a key of REFUSALS."""
+        return self.check(metadata).refusal
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]]) -> KeyCheck:
+        """The verdict on the metadata's key: why it is refused (a key of REFUSALS), or the digest of the accepted
+        key, which identifies the caller (per-key limits, overfill/serving/key_limits.py) without holding the key."""
         values = [value for key, value in metadata if key.lower() == AUTH_METADATA_KEY]
         if not values:
-            return "missing"
+            return KeyCheck("missing", None)
         value = values[0].decode("ascii", "replace") if isinstance(values[0], bytes) else values[0]
         scheme, _, token = value.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != BEARER or not token:
-            return "malformed"
+            return KeyCheck("malformed", None)
         sent = _digest(token)
         matched = False
         for digest in self._digests:  # every key, no early exit
             matched |= hmac.compare_digest(sent, digest)
-        return None if matched else "invalid"
+        # The sent digest equals the matched key's: naming the caller by it needs no index of which key matched.
+        return KeyCheck(None, sent) if matched else KeyCheck("invalid", None)

@@ -119,6 +119,9 @@ class AuthConfig:
     enabled: bool = True                  # false only for a service no one else can reach (deploy/local.yaml)
     api_keys_file: str = ""               # one key per line, `#` comments; read by the router replica
     api_keys_env: str = "OVERFILL_API_KEYS"  # env var with comma-separated keys; "" = none
+    # Generation requests one key may have in flight per router replica (0 = no limit); past it RESOURCE_EXHAUSTED
+    # (HTTP 429), so one key cannot take every slot and waiting place. Counted only when auth.enabled.
+    max_requests_per_key: int = 0
 
 
 @dataclass
@@ -152,6 +155,7 @@ class ServiceConfig:
             ("server.max_prompt_chars", self.server.max_prompt_chars >= 1, ">= 1"),
             ("server.max_chat_messages", self.server.max_chat_messages >= 1, ">= 1"),
             ("server.max_tokenizer_queue", self.server.max_tokenizer_queue >= 1, ">= 1"),
+            ("auth.max_requests_per_key", self.auth.max_requests_per_key >= 0, ">= 0 (0: no limit)"),
             ("prefill.max_batch_tokens", self.prefill.max_batch_tokens >= 1, ">= 1"),
             ("prefill.max_batch_size", self.prefill.max_batch_size >= 1, ">= 1"),
             ("prefill.max_queued_requests", self.prefill.max_queued_requests >= 1, ">= 1"),

@@ -88,8 +88,8 @@ class OpenAIEndpoints:
                     request_id = uuid.uuid4().hex
                     raise FieldError(StatusCode.INVALID_ARGUMENT, "the x-request-id header must be 1-128 "
                                                                   "characters of letters, digits and . _ : -", None)
-                if needs_key:
-                    self.router.check_api_key(request.headers.items())
+                if needs_key:  # who the caller is (its key's digest), for the per-key limit of generation
+                    request.state.caller = self.router.check_api_key(request.headers.items())
                 response = await handler(request, request_id)
             except ServiceError as e:
                 response = error_response(e)
@@ -127,12 +127,13 @@ class OpenAIEndpoints:
 
     async def _generate(self, request: Request, request_id: str, schema: type, kind: str) -> Response:
         # 1) The body as the gRPC API's GenerateRequest (HTTP-only checks here; the rest in validate_request).
-        body = parse_request(schema, await read_json(request), self.model_name)
+        body = parse_request(schema, await read_json(request), self.model_name,
+                             self.router.config.server.max_chat_messages)
         generate_request = body.to_generate_request(request_id)
         builder = ReplyBuilder(kind, request_id, self.model_name, body.include_usage)
         # 2) The gRPC path. Its first piece comes after validation and prefill, so a refused request gets its HTTP
         #    status before any byte of a stream is sent.
-        pieces = self.router.observed_generate(generate_request)
+        pieces = self.router.observed_generate(generate_request, request.state.caller)
         try:
             first = await anext(pieces)
         except BaseException:

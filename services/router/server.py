@@ -32,6 +32,7 @@ from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
 from overfill.serving.config import ServiceConfig, decoder_dir
+from overfill.serving.key_limits import KeyConcurrency
 from overfill.serving.request_log import RequestLog
 from overfill.serving.tokenizer_queue import TokenizerQueue
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
@@ -117,6 +118,7 @@ class GenerationRouter:
         self.api_keys = ApiKeyChecker(load_api_keys(config.auth)) if config.auth.enabled else None
         if self.api_keys is None:
             log.warning(AUTH_OFF_WARNING)
+        self.key_concurrency = KeyConcurrency(config.auth.max_requests_per_key)  # per key, in this replica
         self.request_log = RequestLog(logging.getLogger("ray.serve"), config.server.log_prompts)
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -147,8 +149,8 @@ class GenerationRouter:
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
         try:
-            self.check_api_key(grpc_context.invocation_metadata())
-            async for response in self.observed_generate(request):
+            caller = self.check_api_key(grpc_context.invocation_metadata())
+            async for response in self.observed_generate(request, caller):
                 yield response
         except ServiceError as e:
             self._abort(e, grpc_context)
@@ -156,8 +158,8 @@ class GenerationRouter:
     async def GenerateUnary(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
         text, token_ids, last = [], [], None
         try:
-            self.check_api_key(grpc_context.invocation_metadata())
-            async for response in self.observed_generate(request):
+            caller = self.check_api_key(grpc_context.invocation_metadata())
+            async for response in self.observed_generate(request, caller):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
                 last = response
@@ -233,17 +235,19 @@ class GenerationRouter:
                 probes.create_task(answered(pool.stats.remote()))
         return PoolStatus(True, replicas)
 
-    def check_api_key(self, metadata) -> None:
+    def check_api_key(self, metadata) -> bytes | None:
         """The ingress check, before anything else of a request runs: `authorization: Bearer <key>` (gRPC metadata
         or HTTP headers, as (name, value) pairs) against every accepted key in constant time
         (overfill/serving/auth.py). A refusal is UNAUTHENTICATED, never echoes what was sent, and is counted by
-        reason (missing, malformed, invalid)."""
+        reason (missing, malformed, invalid). Returns who the caller is, for `observed_generate`'s per-key limit:
+        the accepted key's digest, or None when API keys are off."""
         if self.api_keys is None:  # auth.enabled is false
-            return
-        reason = self.api_keys.refusal(metadata)
-        if reason is not None:
-            self.metrics.auth_rejections.inc(1, tags={"reason": reason})
-            raise ServiceError(StatusCode.UNAUTHENTICATED, REFUSALS[reason])
+            return None
+        verdict = self.api_keys.check(metadata)
+        if verdict.refusal is not None:
+            self.metrics.auth_rejections.inc(1, tags={"reason": verdict.refusal})
+            raise ServiceError(StatusCode.UNAUTHENTICATED, REFUSALS[verdict.refusal])
+        return verdict.key_id
 
     def _refuse_unparsable(self, request, grpc_context: RayServegRPCContext) -> None:
         """Bytes protobuf refused reach us as UnparsableRequest (grpc_handlers.py): INVALID_ARGUMENT naming the
@@ -251,9 +255,12 @@ class GenerationRouter:
         if isinstance(request, UnparsableRequest):
             self._abort(ServiceError(StatusCode.INVALID_ARGUMENT, request.message), grpc_context)
 
-    async def observed_generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def observed_generate(self, request: pb.GenerateRequest,
+                                caller: bytes | None) -> AsyncIterator[pb.GenerateResponse]:
         """`_generate` with its metrics (TTFT, ITL, E2E, tokens, outcome); a failure leaves as the ServiceError
-        `status_of` makes of it. Both APIs run every request through here."""
+        `status_of` makes of it. Both APIs run every request through here. `caller` (what `check_api_key` returned)
+        holds one of its key's `auth.max_requests_per_key` places until the request ends, however it ends: the
+        generator's `finally` runs on finish, error, cancellation and on close when the client is gone."""
         self.num_running += 1
         self.metrics.running.set(self.num_running)
         status = "OK"
@@ -261,18 +268,19 @@ class GenerationRouter:
         output = []  # the text sent, kept only for server.log_prompts
         try:
             first = True
-            async for response in self._generate(request):
-                now = time.perf_counter()
-                (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
-                first, previous = False, now
-                if self.request_log.log_prompts:
-                    output.append(response.text)
-                if response.finish_reason:
-                    self.metrics.e2e.observe(response.usage.e2e_s)
-                    self.metrics.finished("OK", response.usage.prompt_tokens, response.usage.completion_tokens)
-                    self.request_log.finished(response.request_id, response.finish_reason,
-                                              response.usage.completion_tokens, "".join(output))
-                yield response
+            with self.key_concurrency.held(caller):
+                async for response in self._generate(request):
+                    now = time.perf_counter()
+                    (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
+                    first, previous = False, now
+                    if self.request_log.log_prompts:
+                        output.append(response.text)
+                    if response.finish_reason:
+                        self.metrics.e2e.observe(response.usage.e2e_s)
+                        self.metrics.finished("OK", response.usage.prompt_tokens, response.usage.completion_tokens)
+                        self.request_log.finished(response.request_id, response.finish_reason,
+                                                  response.usage.completion_tokens, "".join(output))
+                    yield response
         except asyncio.CancelledError:
             status = StatusCode.CANCELLED.value
             raise
