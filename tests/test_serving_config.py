@@ -99,7 +99,7 @@ def test_an_invalid_chat_role_is_quoted_short_whatever_its_length():
 
 
 @pytest.mark.parametrize("fields, code, message", [
-    (dict(), "INVALID_ARGUMENT", "one of prompt or chat"),
+    (dict(), "INVALID_ARGUMENT", "one of prompt, chat or prompt_token_ids"),
     (dict(prompt="  "), "INVALID_ARGUMENT", "prompt is empty"),
     (dict(prompt="x", max_tokens=33), "INVALID_ARGUMENT", r"max_tokens must be in \[1, 32\]"),
     (dict(prompt="x", temperature=-0.5), "INVALID_ARGUMENT", "temperature"),
