@@ -262,3 +262,20 @@ def test_a_request_past_a_full_tokenizer_queue_is_refused_at_once(tiny_models, m
         tokenizer_free.set()
     assert router.tokenizer_queue.num_queued == 0
     assert_no_kv_left_and_close(prefill, decode)
+
+
+def test_the_status_behind_rays_wrapper_is_the_error_of_its_own_class():
+    """Ray hands another replica's error over as a RayTaskError that also passes for the error's class; the router
+    must answer with the error itself (raising Ray's wrapper made the proxy fail to deserialize it: INTERNAL)."""
+    from ray.exceptions import RayTaskError
+
+    from overfill.serving.types import ContextLengthExceeded
+    from services.router.server import service_error_of
+
+    try:
+        raise ContextLengthExceeded("prompt (300 tokens) + max_tokens (16) exceeds the context of 256 tokens")
+    except ContextLengthExceeded as error:
+        wrapped = RayTaskError("prefill", "traceback", error).as_instanceof_cause()
+    assert isinstance(wrapped, ContextLengthExceeded)  # what fooled the router
+    found = service_error_of(wrapped)
+    assert type(found) is ContextLengthExceeded and found.message.startswith("prompt (300 tokens)")

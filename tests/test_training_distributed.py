@@ -116,7 +116,7 @@ def test_two_workers_match_one_process_and_resume_bit_for_bit(ray_cluster, setup
     shutil.rmtree(output / RUN_NAME)
     assert main(["train", "--model", str(full), "--decoder", str(decoder), "--data", str(data), "--output", str(output),
                  "--steps", "4", "--batch-size", "2", "--grad-accum", "2", "--lr", "1e-3", "--kd-weight", "0.1",
-                 "--save-every", "2", "--num-workers", "2", "--resume"]) == 0
+                 "--save-every", "2", "--num-workers", "2", "--precision", "fp32", "--resume"]) == 0
     assert f"final loss {two_loss[-1]:.4f}" in capsys.readouterr().out
     resumed = read_manifest(output).training[-1]
     assert resumed["final_loss"] == two_loss[-1]  # bit for bit, and so are the weights

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from grpc_health.v1 import health_pb2
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
@@ -91,6 +91,8 @@ def service_error_of(error: BaseException) -> ServiceError | None:
     refusal by Ray Serve itself stands for: a pool's handle queue is full (RESOURCE_EXHAUSTED) or the pool failed to
     deploy (UNAVAILABLE)."""
     for inner in error_chain(error):
+        if isinstance(inner, RayTaskError):  # Ray's wrapper passes for its cause's class: the cause is the error
+            continue
         if isinstance(inner, ServiceError):
             return inner
         if isinstance(inner, BackPressureError):
@@ -306,9 +308,12 @@ class GenerationRouter:
             self.request_log.failed(request_id or "(unnamed)", error)
             return ServiceError(StatusCode.INTERNAL, f"internal error (request_id {request_id or 'unassigned'}): "
                                                      f"{type(error).__name__}")
-        if request_id and request_id not in service_error.message:  # every status names its request
-            return service_error.with_message(f"{service_error.message} (request_id {request_id})")
-        return service_error
+        message = service_error.message
+        if request_id and request_id not in message:  # every status names its request
+            message = f"{message} (request_id {request_id})"
+        # A fresh error, never the one another replica raised: that one carries its traceback and Ray's wrappers of
+        # it, which the proxy then fails to deserialize (it answered INTERNAL instead of the status).
+        return service_error.with_message(message)
 
     @staticmethod
     def _abort(error: ServiceError, grpc_context: RayServegRPCContext) -> None:
