@@ -243,11 +243,13 @@ class DecodeWorker:
                                                        f"{e}") from e
             code = StatusCode.DEADLINE_EXCEEDED if e.code is StatusCode.DEADLINE_EXCEEDED else StatusCode.UNAVAILABLE
             raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed: {e}") from e
-        imported = loop.run_in_executor(self._model_thread, self.cache.import_slot, slot, k, v)
+        copy = self._model_thread.submit(self.cache.import_slot, slot, k, v)
+        imported = asyncio.wrap_future(copy)
         try:
             await asyncio.shield(imported)
-        except asyncio.CancelledError:  # the slot goes back only once nothing writes into it any more
-            await asyncio.wait([imported])
+        except asyncio.CancelledError:  # the slot goes back only once nothing writes into it any more:
+            if not copy.cancel():       # a copy not started yet never starts; one under way ends first
+                await asyncio.wait([imported])
             raise
         finally:  # the KV is copied out, whatever happens next: its lease can go
             try:
