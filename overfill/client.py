@@ -54,8 +54,9 @@ def make_request(prompt: str | None = None, messages: list[dict] | None = None, 
                  temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  seed: int | None = None, stop: list[str] = (), request_id: str = "",
                  prompt_token_ids: list[int] | None = None, stop_token_ids: list[int] = (),
-                 ignore_eos: bool = False) -> pb.GenerateRequest:
-    """Exactly one of `prompt` (raw text), `messages` (chat, [{"role", "content"}, ...]) or `prompt_token_ids`."""
+                 ignore_eos: bool = False, logprobs: int | None = None) -> pb.GenerateRequest:
+    """Exactly one of `prompt` (raw text), `messages` (chat, [{"role", "content"}, ...]) or `prompt_token_ids`.
+    `logprobs`: each token's log-probability and those of the `logprobs` most likely tokens (0 to 20)."""
     request = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), request_id=request_id,
                                  stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos)
     if prompt is not None:
@@ -72,6 +73,8 @@ def make_request(prompt: str | None = None, messages: list[dict] | None = None, 
         request.top_k = top_k
     if seed is not None:
         request.seed = seed
+    if logprobs is not None:
+        request.logprobs = logprobs
     return request
 
 

@@ -39,10 +39,25 @@ def test_unset_fields_stay_unset_so_the_service_defaults_apply():
     assert not any(generate.HasField(f) for f in ("temperature", "top_p", "top_k", "seed"))
 
 
+def test_vllm_extensions_logprobs_and_token_id_prompts_reach_the_grpc_request():
+    chat_request = parse_request(ChatCompletionRequest, chat(logprobs=True, top_logprobs=3, stop_token_ids=[5, 9],
+                                                             ignore_eos=True), MODEL).to_generate_request("r")
+    assert chat_request.logprobs == 3 and list(chat_request.stop_token_ids) == [5, 9] and chat_request.ignore_eos
+    assert parse_request(ChatCompletionRequest, chat(logprobs=True), MODEL).to_generate_request("r").logprobs == 0
+    assert not parse_request(ChatCompletionRequest, chat(logprobs=False), MODEL).to_generate_request(
+        "r").HasField("logprobs")
+    for prompt in ([7, 8, 9], [[7, 8, 9]]):
+        request = parse_request(CompletionRequest, {"model": MODEL, "prompt": prompt, "logprobs": 0},
+                                MODEL).to_generate_request("r")
+        assert list(request.prompt_token_ids.ids) == [7, 8, 9] and request.HasField("logprobs")
+        assert request.logprobs == 0
+
+
 @pytest.mark.parametrize("schema, body, param, words", [
     (ChatCompletionRequest, chat(n=2), "n", "n must be 1"),
-    (ChatCompletionRequest, chat(logprobs=True), "logprobs", "not supported yet"),
-    (ChatCompletionRequest, chat(top_logprobs=2), "top_logprobs", "not supported yet"),
+    (ChatCompletionRequest, chat(top_logprobs=2), "top_logprobs", "needs logprobs set to true"),
+    (ChatCompletionRequest, chat(logprobs=True, top_logprobs=21), "top_logprobs", "less than or equal to 20"),
+    (ChatCompletionRequest, chat(stop_token_ids=[-1]), "stop_token_ids", "token ids must be integers >= 0"),
     (ChatCompletionRequest, chat(tools=[]), "tools", "not a supported field"),
     (ChatCompletionRequest, chat(stream_options={"include_usage": True}), "stream_options", "only allowed when"),
     (ChatCompletionRequest, chat(presence_penalty=0.5), "presence_penalty", "only 0"),
@@ -54,9 +69,10 @@ def test_unset_fields_stay_unset_so_the_service_defaults_apply():
     (ChatCompletionRequest, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
      "messages[0].content", ""),
     (ChatCompletionRequest, {"model": MODEL}, "messages", "messages is required"),
-    (CompletionRequest, {"model": MODEL, "prompt": [1, 2, 3]}, "prompt", "token ids"),
-    (CompletionRequest, {"model": MODEL, "prompt": ["a", "b"]}, "prompt", "one string"),
-    (CompletionRequest, {"model": MODEL, "prompt": "a", "logprobs": 1}, "logprobs", "not supported yet"),
+    (CompletionRequest, {"model": MODEL, "prompt": [[1, 2], [3]]}, "prompt", "2 prompts"),
+    (CompletionRequest, {"model": MODEL, "prompt": ["a", "b"]}, "prompt", "2 prompts"),
+    (CompletionRequest, {"model": MODEL, "prompt": [4, -1]}, "prompt", "token ids must be integers >= 0"),
+    (CompletionRequest, {"model": MODEL, "prompt": "a", "logprobs": 21}, "logprobs", "less than or equal to 20"),
     (CompletionRequest, {"model": MODEL, "prompt": "a", "echo": True}, "echo", "not supported"),
 ])
 def test_bad_fields_are_refused_naming_the_field(schema, body, param, words):
@@ -119,7 +135,34 @@ def test_chat_chunks_name_the_role_first_and_usage_last_only_when_asked():
 
 
 def test_whole_completion_carries_text_finish_reason_and_usage():
-    reply = ReplyBuilder("completion", "r", MODEL).whole("Hello", pieces()[-1]).model_dump()
+    reply = ReplyBuilder("completion", "r", MODEL).whole(pieces()).model_dump()
     assert reply["id"] == "cmpl-r" and reply["object"] == "text_completion"
     assert reply["choices"] == [{"index": 0, "text": "Hello", "finish_reason": "length", "logprobs": None}]
     assert reply["usage"]["total_tokens"] == 8
+
+
+def with_logprobs(piece: pb.GenerateResponse, tokens: list[str]) -> pb.GenerateResponse:
+    """`piece` with an entry per token id: token text `tokens[i]`, logprob -i, one alternative."""
+    for token_id, (i, token) in zip(piece.token_ids, enumerate(tokens)):
+        piece.logprobs.append(pb.TokenLogprob(token_id=token_id, token=token, logprob=-i, top_logprobs=[
+            pb.TopLogprob(token_id=token_id, token=token, logprob=-i)]))
+    return piece
+
+
+def test_logprobs_in_openais_chat_and_completion_shapes_streamed_and_whole():
+    texts = [["Hel"], ["\u00e9"], ["lo"]]  # the middle piece: text not complete yet, a token all the same
+    logged = [with_logprobs(piece, tokens) for piece, tokens in zip(pieces(), texts)]
+    chat_builder = ReplyBuilder("chat", "r", MODEL, logprobs=True)
+    chunks = [json.loads(chat_builder.chunk_json(c)) for p in logged for c in chat_builder.chunks(p)]
+    content = [entry for c in chunks for entry in c["choices"][0]["logprobs"]["content"]]
+    assert [e["token"] for e in content] == ["Hel", "\u00e9", "lo"]  # the empty middle piece is not dropped
+    assert content[1] == {"token": "\u00e9", "logprob": 0.0, "bytes": [0xC3, 0xA9],
+                          "top_logprobs": [{"token": "\u00e9", "logprob": 0.0, "bytes": [0xC3, 0xA9]}]}
+    completion = ReplyBuilder("completion", "r", MODEL, logprobs=True)
+    streamed = [c.choices[0].logprobs for p in logged for c in completion.chunks(p)]
+    assert [offset for lp in streamed for offset in lp.text_offset] == [0, 3, 4]
+    whole = ReplyBuilder("completion", "r", MODEL, logprobs=True).whole(logged).model_dump()
+    assert whole["choices"][0]["logprobs"] == {"tokens": ["Hel", "\u00e9", "lo"], "token_logprobs": [0.0, 0.0, 0.0],
+                                               "top_logprobs": [{"Hel": 0.0}, {"\u00e9": 0.0}, {"lo": 0.0}],
+                                               "text_offset": [0, 3, 4]}
+    assert ReplyBuilder("chat", "r", MODEL).whole(logged).choices[0].logprobs is None  # not asked for

@@ -94,11 +94,53 @@ def test_completions_with_stop_and_top_k_equal_the_grpc_api(service, openai_clie
     assert_no_kv_left(service["config"])
 
 
+def test_logprobs_over_http_equal_the_grpc_apis(service, openai_client):
+    """Greedy, so each token is its position's most likely: its logprob is the first alternative's. The first token's
+    comes from the full model, the rest from the decoder, as the gRPC API reports them."""
+    with OverFillClient(service["address"], api_key=KEY, timeout_s=60) as client:
+        reply = client.generate_unary(messages=MESSAGES, max_tokens=10, logprobs=2)
+    assert len(reply.logprobs) == len(reply.token_ids) and [e.token_id for e in reply.logprobs] == list(reply.token_ids)
+    assert all(e.top_logprobs[0].token_id == e.token_id and e.top_logprobs[0].logprob == e.logprob
+               and len(e.top_logprobs) == 2 and e.logprob <= 0 for e in reply.logprobs)
+    expected = [(e.token, pytest.approx(e.logprob, abs=1e-5)) for e in reply.logprobs]
+    whole = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10, logprobs=True,
+                                                  top_logprobs=2)
+    assert [(e.token, e.logprob) for e in whole.choices[0].logprobs.content] == expected
+    assert all(len(e.top_logprobs) == 2 and e.bytes == list(e.token.encode()) for e in whole.choices[0].logprobs.content)
+    streamed = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10, logprobs=True,
+                                                     top_logprobs=2, stream=True)
+    assert [(e.token, e.logprob) for c in streamed for e in c.choices[0].logprobs.content] == expected
+    completion = openai_client.completions.create(model=MODEL, prompt="one two three", max_tokens=6, logprobs=1)
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == completion.usage.completion_tokens == len(logprobs.top_logprobs)
+    assert logprobs.text_offset[0] == 0 and all(len(top) == 1 for top in logprobs.top_logprobs)
+    assert_no_kv_left(service["config"])
+
+
+def test_token_id_prompts_stop_token_ids_and_ignore_eos_over_http(service, openai_client):
+    with OverFillClient(service["address"], api_key=KEY, timeout_s=60) as client:
+        ids = list(client.generate_unary(prompt="one two three", max_tokens=8, ignore_eos=True).token_ids)
+        prompt_ids = [5, 9, 12, 7, 3]
+        by_ids = client.generate_unary(prompt_token_ids=prompt_ids, max_tokens=8)
+    text, num_tokens, _ = grpc_text(service, prompt="one two three", max_tokens=8, ignore_eos=True)
+    ignoring = openai_client.completions.create(model=MODEL, prompt="one two three", max_tokens=8,
+                                                extra_body={"ignore_eos": True})
+    assert (ignoring.choices[0].text, ignoring.usage.completion_tokens) == (text, num_tokens) == (text, 8)
+    stopped = openai_client.completions.create(model=MODEL, prompt="one two three", max_tokens=8,
+                                               extra_body={"stop_token_ids": [ids[2]], "ignore_eos": True})
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens == ids.index(ids[2]) + 1  # the stop token is the last one
+    for prompt in (prompt_ids, [prompt_ids]):
+        completion = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=8)
+        assert completion.choices[0].text == by_ids.text and completion.usage.prompt_tokens == len(prompt_ids)
+    assert_no_kv_left(service["config"])
+
+
 @pytest.mark.parametrize("fields, param, code", [
     (dict(temperature=-1.0), None, "invalid_argument"),             # refused by the gRPC API's own validation
     (dict(max_tokens=MAX_TOKENS_LIMIT + 1), None, "invalid_argument"),  # over server.max_tokens_limit
     (dict(n=2), "n", "invalid_argument"),
-    (dict(logprobs=True), "logprobs", "invalid_argument"),
+    (dict(logprobs=True, top_logprobs=21), "top_logprobs", "invalid_argument"),
     (dict(extra_body={"tools": []}), "tools", "invalid_argument"),
     (dict(messages=[{"role": "user", "content": "word " * 250}], max_tokens=64), None,
      "context_length_exceeded"),  # 1266 prompt tokens

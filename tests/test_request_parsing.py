@@ -279,3 +279,16 @@ def test_token_ids_in_and_out_are_checked_against_the_vocabulary():
         with pytest.raises(ServiceError) as error:
             validate_request(request, tokenizer, limits)
         assert (error.value.code, error.value.message) == (code, message)
+
+
+def test_logprobs_is_unset_or_0_to_20():
+    from tests.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    limits = Limits(max_context_tokens=64, max_tokens_limit=32, default_max_tokens=8)
+    assert validate_request(pb.GenerateRequest(prompt="hi"), tokenizer, limits).sampling.logprobs is None
+    assert validate_request(pb.GenerateRequest(prompt="hi", logprobs=0), tokenizer, limits).sampling.logprobs == 0
+    assert validate_request(pb.GenerateRequest(prompt="hi", logprobs=20), tokenizer, limits).sampling.logprobs == 20
+    with pytest.raises(ServiceError) as error:
+        validate_request(pb.GenerateRequest(prompt="hi", logprobs=21), tokenizer, limits)
+    assert (error.value.code, error.value.message) == ("INVALID_ARGUMENT", "logprobs must be in [0, 20], got 21")

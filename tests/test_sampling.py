@@ -2,12 +2,13 @@
 depend on their batch, rounds or device, non-finite rows failing alone, and parameter errors naming the field."""
 
 import collections
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from overfill.engine import sampling
+from overfill.engine import sampling, sampling_params
 from overfill.engine.sampling import SamplingBatch, SamplingParams, sample
 from overfill.engine.sampling_params import uniform
 
@@ -123,7 +124,8 @@ def test_uniforms_are_in_the_open_interval_and_differ_by_index_draw_and_seed():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_k=True), "top_k"),
-    (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"),
+    (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"), (dict(logprobs=21), "logprobs"),
+    (dict(logprobs=True), "logprobs"),
 ])
 def test_bad_sampling_params_are_refused_by_field(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -139,3 +141,43 @@ def test_cuda_draws_the_same_tokens_as_the_cpu_alone_and_in_a_batch():
         on_cuda = sample(cuda, SamplingBatch(MIXED, seeds, [index] * 6))
         alone = [sample(cuda[r:r + 1], SamplingBatch([MIXED[r]], [seeds[r]], [index]))[0] for r in range(6)]
         assert on_cuda == alone == on_cpu
+
+
+def test_logprobs_are_the_models_own_for_the_rows_that_ask():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    logits[2, 7] = float("nan")
+    params = [SamplingParams(temperature=0.7, seed=1, logprobs=3), SamplingParams(),
+              SamplingParams(logprobs=5), SamplingParams(logprobs=0)]
+    tokens = sample(logits, SamplingBatch(params, [1, 2, 3, 4], [0, 0, 0, 0]))
+    out = sampling.logprobs_of(logits, tokens, params)
+    expected = torch.log_softmax(logits, dim=-1)  # before temperature: the model's distribution
+    assert out[1] is None and out[2] is None  # asked for none; non-finite logits (the row fails)
+    first, last = out[0], out[3]
+    assert first.token_id == tokens[0] and first.logprob == pytest.approx(expected[0, tokens[0]].item(), abs=1e-6)
+    values, ids = expected[0].topk(3)
+    assert [t for t, _ in first.top] == ids.tolist()
+    assert [lp for _, lp in first.top] == pytest.approx(values.tolist(), abs=1e-6)
+    assert last.token_id == tokens[3] == expected[3].argmax().item() and last.top == ()
+    assert last.logprob == pytest.approx(expected[3].max().item(), abs=1e-6)
+
+
+def test_a_token_of_probability_zero_gets_the_floor_not_minus_infinity():
+    logits = torch.full((1, 8), -math.inf)
+    logits[0, 3] = 0.0
+    params = [SamplingParams(logprobs=2)]
+    (entry,) = sampling.logprobs_of(logits, sample(logits, SamplingBatch(params, [0], [0])), params)
+    assert entry.token_id == 3 and entry.logprob == 0.0
+    assert entry.top[0] == (3, 0.0) and entry.top[1][1] == sampling_params.LOGPROB_FLOOR
+
+
+@needs_cuda
+def test_cuda_logprobs_equal_the_cpus():
+    params = [dataclasses.replace(p, logprobs=4) for p in MIXED]
+    seeds, indices = [31 + r for r in range(len(MIXED))], [0] * len(MIXED)
+    cpu, cuda = mixed_logits(), mixed_logits("cuda")
+    on_cpu = sampling.logprobs_of(cpu, sample(cpu, SamplingBatch(params, seeds, indices)), params)
+    on_cuda = sampling.logprobs_of(cuda, sample(cuda, SamplingBatch(params, seeds, indices)), params)
+    for a, b in zip(on_cpu, on_cuda):
+        assert a.token_id == b.token_id and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]

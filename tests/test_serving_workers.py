@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from overfill.engine.generate import TwoStageEngine
 from overfill.engine.runner import ModelRunner
@@ -116,6 +117,38 @@ def test_a_message_budget_sends_fewer_larger_messages_with_the_same_tokens(model
     num_messages = sum(len(messages) for _, messages in outputs)
     assert num_messages < sum(len(message) for _, messages in outputs for message in messages)
     assert decode.cache.num_free_slots == 4 and sender.num_leases == 0
+    prefill.close(), decode.close()
+
+
+def test_logprobs_come_with_every_token_first_from_the_full_model_then_from_the_decoder(models):
+    """One entry per token, through a message budget that merges tokens into fewer messages; the first is the full
+    model's log-softmax at the prompt's end; greedy tokens are their position's most likely."""
+    full, decoder = models
+    sender = make_sender("inprocess", secret=KV_SECRET)
+    prefill = PrefillWorker(full, sender, {EOS}, PrefillSettings(max_seq_len=128))
+    decode = DecodeWorker(decoder, make_receiver("inprocess", secret=KV_SECRET), {EOS},
+                          DecodeSettings(num_slots=4, max_seq_len=128, stream_messages_per_s=0.1))
+    with_logprobs, plain = SamplingParams(max_new_tokens=12, logprobs=3), SamplingParams(max_new_tokens=12)
+
+    async def stream(request_id, prompt, params):
+        result = await prefill.prefill(PrefillRequest(request_id, prompt, params))
+        return result, [chunk async for chunk in decode.generate(result, params)]
+
+    async def run():
+        return await asyncio.gather(stream("lp", PROMPTS[0], with_logprobs), stream("plain", PROMPTS[1], plain),
+                                    stream("lp2", PROMPTS[2], with_logprobs))
+
+    (result, chunks), (plain_result, plain_chunks), _ = asyncio.run(run())
+    with torch.no_grad():  # the full model the `models` fixture wraps (seeded: the same weights)
+        expected_first = torch.log_softmax(tiny_model("qwen3")(torch.tensor([PROMPTS[0]])).logits[0, -1], dim=-1)
+    first = result.first_logprobs
+    assert first.token_id == result.first_token and len(first.top) == 3
+    assert first.logprob == pytest.approx(expected_first[result.first_token].item(), abs=1e-5)
+    decoded = [entry for chunk in chunks for entry in chunk.logprobs]
+    assert [e.token_id for e in decoded] == [t for chunk in chunks for t in chunk.token_ids]
+    assert len(decoded) == 11 and any(len(chunk.token_ids) > 1 for chunk in chunks)  # merged messages
+    assert all(e.top[0] == (e.token_id, e.logprob) and e.logprob <= 0 for e in [first, *decoded])
+    assert plain_result.first_logprobs is None and all(chunk.logprobs is None for chunk in plain_chunks)
     prefill.close(), decode.close()
 
 

@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
     client.add_argument("--top-k", type=int, help="sample among the K most likely tokens (0 = no cut)")
     client.add_argument("--seed", type=int)
     client.add_argument("--stop", action="append", default=[])
+    client.add_argument("--logprobs", type=int, metavar="N",
+                        help="report each token's log-probability and its N most likely alternatives (0-20; with "
+                             "--json, in each message; else one line per token on stderr)")
     client.add_argument("--raw", action="store_true", help="send PROMPT as raw text (default: one chat user message)")
     client.add_argument("--json", action="store_true", help="print one JSON object per streamed message")
     client.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds")
@@ -65,12 +68,17 @@ def run_client(args: argparse.Namespace) -> int:
                         tls_root_cert=args.tls_ca) as client:
         try:
             for piece in client.generate(**source, max_tokens=args.max_tokens, temperature=args.temperature,
-                                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+                                         top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
+                                         logprobs=args.logprobs):
                 if args.json:
                     print(json.dumps(MessageToDict(piece, preserving_proto_field_name=True)), flush=True)
                 else:
                     sys.stdout.write(piece.text)
                     sys.stdout.flush()
+                    for entry in piece.logprobs:
+                        alternatives = ", ".join(f"{t.token!r} {t.logprob:.3f}" for t in entry.top_logprobs)
+                        print(f"[{entry.token!r} {entry.logprob:.3f}" + (f" | {alternatives}]" if alternatives
+                                                                          else "]"), file=sys.stderr)
                     if piece.finish_reason:
                         u = piece.usage
                         print(f"\n({piece.finish_reason}: {u.completion_tokens} tokens, TTFT {u.ttft_s * 1e3:.0f} ms, "

@@ -141,7 +141,7 @@ class TwoStageEngine:
                 break
             slots.update((int(r.request_id), r.slot) for r in plan.prefill)
             # 2) Run it and sample; the callback may end a row at its token (a stop string).
-            sampled = run(plan, prefill_step, decode_step)
+            sampled = run(plan, prefill_step, decode_step).tokens
             now = time.perf_counter()
             stopped = set()
             if on_token is not None:

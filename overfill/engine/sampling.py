@@ -21,6 +21,9 @@ draw costs a pass over the vocabulary; four at once on CUDA, where a round costs
 Only a round that leaves a row without a token costs a further host transfer.
 
 A row whose logits hold a NaN or +inf, or nothing finite, gets None: it fails its own request, not the batch.
+
+`logprobs_of` reports the rows that ask for it (`SamplingParams.logprobs`): the chosen token's log-probability and
+the most likely alternatives, in one more host transfer, only in steps where some row asks.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from overfill.engine.sampling_params import SamplingParams, uniform
+from overfill.engine.sampling_params import LOGPROB_FLOOR, SamplingParams, TokenLogprobs, uniform
 
-__all__ = ["MAX_DRAWS", "SamplingBatch", "SamplingParams", "sample"]
+__all__ = ["MAX_DRAWS", "SamplingBatch", "SamplingParams", "logprobs_of", "sample"]
 
 MAX_DRAWS = 16                      # draws a top-p row tries before it sorts its vocabulary
 ROUNDS = {"cuda": (4, 12)}          # draws per round, by device type; they add up to MAX_DRAWS
@@ -69,6 +72,30 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> list[int | None]:
         for row, token in zip(pending, draws.resolve(pending)):
             out[row] = token
     return [None if token == _NOT_FINITE else token for token in out]
+
+
+def logprobs_of(logits: torch.Tensor, tokens: list[int | None], params: list[SamplingParams]
+                ) -> list[TokenLogprobs | None]:
+    """logits: [B, V] float32, the step's sampled `tokens` and each row's params -> per row, the chosen token's
+    log-probability and its `params.logprobs` most likely alternatives; None for rows that asked for none (or whose
+    logits were not finite). Log-probabilities of the model's own distribution (before temperature and cuts)."""
+    out: list[TokenLogprobs | None] = [None] * len(tokens)
+    rows = [b for b, (p, t) in enumerate(zip(params, tokens)) if p.logprobs is not None and t is not None]
+    if not rows:
+        return out
+    device = logits.device
+    index = torch.tensor(rows, device=device)
+    logp = torch.log_softmax(logits.index_select(0, index), dim=-1)  # [R, V]
+    chosen = logp.gather(1, torch.tensor([[tokens[b]] for b in rows], device=device))  # [R, 1]
+    num_top = min(max(params[b].logprobs for b in rows), logits.shape[1])
+    top_values, top_ids = logp.topk(num_top, dim=-1)  # [R, N] each, most likely first
+    # One transfer: float64 holds every token id exactly.
+    host = torch.cat([chosen.double(), top_values.double(), top_ids.double()], dim=1).tolist()  # [R, 1 + 2N]
+    for b, values in zip(rows, host):
+        n = params[b].logprobs
+        top = tuple((int(values[1 + num_top + i]), max(values[1 + i], LOGPROB_FLOOR)) for i in range(min(n, num_top)))
+        out[b] = TokenLogprobs(tokens[b], max(values[0], LOGPROB_FLOOR), top)
+    return out
 
 
 class _Draws:

@@ -1,4 +1,5 @@
-"""What a request asks of sampling, and its random numbers: pure Python (the scheduler holds these; no torch here).
+"""What a request asks of sampling, its random numbers, and the log-probabilities it may get back: pure Python (the
+scheduler holds these; no torch here).
 
 Randomness is counter-based: the uniform a request's token `index` uses on its `draw`-th try is a hash of
 (seed, index, draw). Nothing is carried from one token to the next, so a seeded request draws the same numbers
@@ -13,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 
 MAX_SEED = (1 << 64) - 1
+MAX_LOGPROBS = 20  # alternatives a request may ask for at each position (OpenAI's top_logprobs limit)
+LOGPROB_FLOOR = -9999.0  # a token the model gives probability 0 (OpenAI's convention: JSON has no -inf)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop_token_ids: tuple[int, ...] = ()  # end the request like EOS (the token is kept)
     ignore_eos: bool = False              # the model's EOS tokens do not end it
+    logprobs: int | None = None           # None: none; N: each token's log-probability and the N most likely's
 
     def __post_init__(self):
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -45,6 +49,9 @@ class SamplingParams:
         if not isinstance(self.stop_token_ids, tuple) or not all(
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be a tuple of token ids >= 0, got {self.stop_token_ids!r}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
 
     def ends(self, token_id: int, eos_token_ids: frozenset[int]) -> bool:
         """Whether sampling `token_id` ends the request (finish reason stop)."""
@@ -57,6 +64,17 @@ class SamplingParams:
     def resolved_seed(self) -> int:
         """The seed to sample with: the request's own, or a fresh random one (drawn once per request, then carried)."""
         return self.seed if self.seed is not None else secrets.randbits(64)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability, and the `top` most likely tokens at its position (most likely first),
+    under the distribution of the model that produced it (the full model for the first token, the decoder after):
+    its softmax before temperature, top-k and top-p, as vLLM and OpenAI report them."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability) pairs
 
 
 # ---- counter-based uniforms -----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ workers drive one; its tests drive it with made-up tokens.
     plan = scheduler.schedule()       at a step boundary: give back the slots of requests that ended, admit waiting
                                       requests into free slots, list the step's rows
     sampled = <the model runs plan>   one token per row (prefill rows, then decode rows); None: non-finite logits
-    events = scheduler.update(plan, sampled)   tokens, finishes (FinishReason), failures (StatusCode)
+    events = scheduler.update(plan, sampled, logprobs=...)   tokens (with their log-probabilities, when asked),
+                                      finishes (FinishReason), failures (StatusCode)
     scheduler.cancel(request_id)      at any time; a request in the step in flight leaves when that step ends
 
 A request's states:
@@ -29,7 +30,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from overfill.engine.sampling_params import SamplingParams
+from overfill.engine.sampling_params import SamplingParams, TokenLogprobs
 from overfill.engine.slots import SlotPool
 from overfill.status import FinishReason, StatusCode
 
@@ -129,8 +130,9 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class Event:
-    """What a step did to one request: a new token (`token_id`), possibly its last (`finish_reason`), or its
-    hand-off to another pool (`handoff`); or a failure (`status`, `message`, and no token)."""
+    """What a step did to one request: a new token (`token_id`, with its `logprobs` if the request asks for them),
+    possibly its last (`finish_reason`), or its hand-off to another pool (`handoff`); or a failure (`status`,
+    `message`, and no token)."""
 
     request_id: str
     token_id: int | None = None
@@ -138,6 +140,7 @@ class Event:
     handoff: bool = False
     status: StatusCode | None = None
     message: str = ""
+    logprobs: TokenLogprobs | None = None
 
     @property
     def ends(self) -> bool:
@@ -268,14 +271,18 @@ class Scheduler:
             self._in_flight_ids = {row.request_id for row in plan.rows}
         return plan
 
-    def update(self, plan: StepPlan, sampled: Sequence[int | None], stopped: Collection[str] = ()) -> list[Event]:
+    def update(self, plan: StepPlan, sampled: Sequence[int | None], stopped: Collection[str] = (),
+               logprobs: Sequence[TokenLogprobs | None] = ()) -> list[Event]:
         """The step ran: `sampled` holds one token per row of `plan.rows` (None: its logits were not finite, which
-        fails that request alone). `stopped`: requests whose caller says this token ends them (a stop string)."""
+        fails that request alone). `stopped`: requests whose caller says this token ends them (a stop string).
+        `logprobs`: empty, or one per row (None for rows that asked for none), passed on in the events."""
         rows = self._end_flight(plan)
         if len(sampled) != len(rows):
             raise ValueError(f"{len(sampled)} tokens for a plan of {len(rows)} rows")
+        if logprobs and len(logprobs) != len(rows):
+            raise ValueError(f"{len(logprobs)} log-probabilities for a plan of {len(rows)} rows")
         events = []
-        for row, token in zip(rows, sampled):
+        for index, (row, token) in enumerate(zip(rows, sampled)):
             entry = self._entries[row.request_id]
             if entry.cancelled:
                 self._end(entry)
@@ -294,12 +301,13 @@ class Scheduler:
                 reason = FinishReason.LENGTH
             else:
                 reason = None
+            token_logprobs = logprobs[index] if logprobs else None
             if reason is not None or request.remote_decode:
-                events.append(Event(row.request_id, token, reason, handoff=reason is None))
+                events.append(Event(row.request_id, token, reason, handoff=reason is None, logprobs=token_logprobs))
                 self._end(entry)
             else:
                 entry.state = State.RUNNING
-                events.append(Event(row.request_id, token))
+                events.append(Event(row.request_id, token, logprobs=token_logprobs))
         return events
 
     def fail_step(self, plan: StepPlan, status: StatusCode, message: str) -> list[Event]:

@@ -6,18 +6,21 @@ so right-padding token rows, the choice between CUDA graphs and eager decoding, 
     right_pad(rows)              token rows -> ids [B, T] and mask [B, T] (also for training, which runs HF models)
     ModelStep(runner, cache)     one model over one cache: extend (prompts, continuations), decode (one token per row)
     run(plan, prefill, decode)   a scheduler's StepPlan: prefill rows, decode rows, one sample for all of them
+                                 (and the log-probabilities of the rows that ask for them)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from overfill.engine.cuda_graphs import GraphDecoder
 from overfill.engine.kv_cache import KVCache
 from overfill.engine.runner import ModelRunner
-from overfill.engine.sampling import SamplingBatch, sample
+from overfill.engine.sampling import SamplingBatch, logprobs_of, sample
+from overfill.engine.sampling_params import TokenLogprobs
 from overfill.engine.scheduler import Row, StepPlan
 
 PAD_ID = 0  # never attended to nor scored: the mask (or each row's length) hides it
@@ -59,20 +62,30 @@ class ModelStep:
         return self.runner.forward(self.cache, slots, ids)
 
 
-def run(plan: StepPlan, prefill: ModelStep | None, decode: ModelStep | None) -> list[int | None]:
+@dataclass(frozen=True)
+class StepOutput:
+    """One entry per row of the plan (`plan.rows`, in order)."""
+
+    tokens: list[int | None]              # None where the row's logits were not finite
+    logprobs: list[TokenLogprobs | None]  # None where the row's request asked for none
+
+
+def run(plan: StepPlan, prefill: ModelStep | None, decode: ModelStep | None) -> StepOutput:
     """Run a plan: its prefill rows on `prefill`, its decode rows on `decode` (both over the same cache slots the plan
-    names), then sample every row together. Returns one token per row of `plan.rows`; None where the logits were not
-    finite."""
+    names), then sample every row together."""
     logits = []  # [rows, V] each
     if plan.prefill:
         logits.append(prefill.extend([r.slot for r in plan.prefill], [r.token_ids for r in plan.prefill]))
     if plan.decode:
         logits.append(decode.decode([r.slot for r in plan.decode], [r.token_ids[-1] for r in plan.decode]))
     if not logits:
-        return []
+        return StepOutput([], [])
     return sample_rows(logits[0] if len(logits) == 1 else torch.cat(logits), plan.rows)
 
 
-def sample_rows(logits: torch.Tensor, rows: Sequence[Row]) -> list[int | None]:
-    """logits [B, V] of the plan rows `rows` -> their tokens (one host transfer; see sampling.py)."""
-    return sample(logits, SamplingBatch([r.sampling for r in rows], [r.seed for r in rows], [r.index for r in rows]))
+def sample_rows(logits: torch.Tensor, rows: Sequence[Row]) -> StepOutput:
+    """logits [B, V] of the plan rows `rows` -> their tokens (one host transfer; see sampling.py), and the
+    log-probabilities of the rows that ask for them (one more, only then)."""
+    params = [r.sampling for r in rows]
+    tokens = sample(logits, SamplingBatch(params, [r.seed for r in rows], [r.index for r in rows]))
+    return StepOutput(tokens, logprobs_of(logits, tokens, params))

@@ -22,6 +22,7 @@ refused the request already), so that a pool of one replica still serves. Past `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
-from overfill.engine.sampling_params import SamplingParams
+from overfill.engine.sampling_params import SamplingParams, TokenLogprobs
 from overfill.engine.scheduler import Event, Load, QueueFull, Request, Scheduler, SchedulerConfig, StepPlan
-from overfill.engine.step import ModelStep, run
+from overfill.engine.step import ModelStep, StepOutput, run
 from overfill.serving.lease_keeper import LeaseKeeper
 from overfill.serving.stream_pacing import StreamPacer
 from overfill.serving.types import AdmissionRefused, PrefillResult, ServiceError, TokenChunk
@@ -61,7 +62,7 @@ class _Stream:
     """One caller's side of a request: its slot once granted, then its tokens (or its error)."""
 
     slot: asyncio.Future                                      # the KV slot, once the scheduler admits the request
-    pacer: StreamPacer                                        # holds its tokens while the replica's budget is spent
+    pacer: StreamPacer[tuple[int, TokenLogprobs | None]]      # holds its tokens while the replica's budget is spent
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # TokenChunk | ServiceError
 
 
@@ -140,7 +141,7 @@ class DecodeWorker:
                 if isinstance(chunk, Exception):
                     raise chunk
                 if first:
-                    chunk = TokenChunk(chunk.token_ids, chunk.finish_reason, kv_transfer_s=pulled_s)
+                    chunk = dataclasses.replace(chunk, kv_transfer_s=pulled_s)
                     first = False
                 yield chunk
                 if chunk.finish_reason is not None:
@@ -157,7 +158,8 @@ class DecodeWorker:
             following = queue.get_nowait()
             if isinstance(following, Exception):
                 return following
-            chunk = TokenChunk(chunk.token_ids + following.token_ids, following.finish_reason)
+            logprobs = None if chunk.logprobs is None else chunk.logprobs + following.logprobs
+            chunk = TokenChunk(chunk.token_ids + following.token_ids, following.finish_reason, logprobs=logprobs)
         return chunk
 
     def stats(self) -> dict:
@@ -278,7 +280,7 @@ class DecodeWorker:
             self._step_started_at = time.monotonic()
             step = loop.run_in_executor(self._model_thread, self._step, plan)
             try:
-                sampled = await asyncio.wait_for(asyncio.shield(step), self.settings.max_step_s)
+                out = await asyncio.wait_for(asyncio.shield(step), self.settings.max_step_s)
             except TimeoutError:  # fail the clients now; the slots stay taken until the model thread lets go
                 log.error("decode step of %d sequences ran past %g s", len(plan.decode), self.settings.max_step_s)
                 message = f"the decode step ran past decode.max_step_s = {self.settings.max_step_s:g} s"
@@ -292,7 +294,7 @@ class DecodeWorker:
             finally:
                 self._step_started_at = None
             # 3) Tokens, finishes and failures out to the streams.
-            self._publish(self.scheduler.update(plan, sampled))
+            self._publish(self.scheduler.update(plan, out.tokens, logprobs=out.logprobs))
 
     def _publish(self, events: list[Event]) -> None:
         now_s = time.monotonic()
@@ -306,11 +308,13 @@ class DecodeWorker:
             if event.status is not None:
                 stream.out.put_nowait(ServiceError(event.status, f"{event.message} (request {event.request_id!r})"))
                 continue
-            tokens = stream.pacer.offer(event.token_id, event.finish_reason is not None, num_running, now_s)
+            tokens = stream.pacer.offer((event.token_id, event.logprobs), event.finish_reason is not None,
+                                        num_running, now_s)
             if tokens is not None:
-                stream.out.put_nowait(TokenChunk(tokens, event.finish_reason))
+                logprobs = [lp for _, lp in tokens] if event.logprobs is not None else None
+                stream.out.put_nowait(TokenChunk([t for t, _ in tokens], event.finish_reason, logprobs=logprobs))
 
-    def _step(self, plan: StepPlan) -> list[int | None]:
+    def _step(self, plan: StepPlan) -> StepOutput:
         """On the model thread: one forward for every running sequence, one token each. (Fault tests wrap it with a
         step that stalls: tests/faults/chaos.py.)"""
         return run(plan, None, self.step)

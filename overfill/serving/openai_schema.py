@@ -5,20 +5,24 @@ This module only translates. Ranges the gRPC API already checks (temperature, to
 limit, stop strings, chat roles, the context) are left to `validate_request`, so both APIs refuse the same values
 with the same messages. What is checked here is what only the HTTP API has: JSON types, the model name, and the
 OpenAI fields the service does not implement, each refused with a 400 naming the field (`param`) rather than
-ignored: `n` > 1, `logprobs`/`top_logprobs` (the decode pool does not return log-probabilities yet), `echo`,
-`suffix`, `best_of` > 1, non-zero penalties, token-id prompts, several prompts, and any field OpenAI's API does not
-define (`tools`, ...).
+ignored: `n` > 1, `echo`, `suffix`, `best_of` > 1, non-zero penalties, several prompts, and any field neither
+OpenAI's API nor vLLM's extensions of it (`top_k`, `stop_token_ids`, `ignore_eos`) define (`tools`, ...).
+
+Log-probabilities come back in OpenAI's two shapes: chat's `logprobs.content` (token, logprob, bytes, top_logprobs)
+and completions' `logprobs` (tokens, token_logprobs, top_logprobs, text_offset).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from overfill.engine.sampling_params import MAX_SEED
+from overfill.engine.sampling_params import MAX_LOGPROBS, MAX_SEED
 from overfill.serving.openai_errors import FieldError, invalid_field
 from overfill.serving.validation import MAX_CHAT_MESSAGES
 from overfill.status import StatusCode
@@ -68,6 +72,15 @@ class _GenerationRequest(_Strict):
     user: str | None = None  # accepted: callers send it for abuse tracking; this service keeps no per-user state
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    stop_token_ids: list[int] | None = None  # vLLM's: token ids that end generation as EOS does
+    ignore_eos: bool = False                 # vLLM's: generate past EOS
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _token_ids_in_range(cls, ids: list[int] | None) -> list[int] | None:
+        if ids is not None and not all(0 <= i <= MAX_UINT32 for i in ids):
+            raise PydanticCustomError("token_id", "token ids must be integers >= 0")
+        return ids
 
     def _check_common(self) -> None:
         if self.n != 1:
@@ -90,6 +103,8 @@ class _GenerationRequest(_Strict):
         if self.seed is not None:
             request.seed = self.seed
         request.stop.extend([self.stop] if isinstance(self.stop, str) else self.stop or [])
+        request.stop_token_ids.extend(self.stop_token_ids or [])
+        request.ignore_eos = self.ignore_eos
         return request
 
     @property
@@ -104,7 +119,7 @@ class ChatCompletionRequest(_GenerationRequest):
     # OpenAI's current name for max_tokens; it wins when both are given.
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_UINT32)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -119,41 +134,49 @@ class ChatCompletionRequest(_GenerationRequest):
 
     def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
         self._check_common()
-        if self.logprobs or self.top_logprobs is not None:
-            raise invalid_field("logprobs" if self.logprobs else "top_logprobs",
-                                "logprobs and top_logprobs are not supported yet: the service does not return "
-                                "token log-probabilities")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_field("top_logprobs", "top_logprobs needs logprobs set to true")
         chat = pb.ChatMessages(messages=[pb.ChatMessage(role=ROLE_ALIASES.get(m.role, m.role), content=m.text())
                                          for m in self.messages])
-        return self._sampling(pb.GenerateRequest(chat=chat), self.max_completion_tokens or self.max_tokens,
-                              request_id)
+        request = self._sampling(pb.GenerateRequest(chat=chat), self.max_completion_tokens or self.max_tokens,
+                                 request_id)
+        if self.logprobs:
+            request.logprobs = self.top_logprobs or 0
+        return request
 
 
 class CompletionRequest(_GenerationRequest):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # OpenAI allows 5, vLLM 20
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
 
     def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
         self._check_common()
-        if self.logprobs is not None:
-            raise invalid_field("logprobs", "logprobs is not supported yet: the service does not return token "
-                                            "log-probabilities")
         for name, unsupported in (("echo", self.echo), ("suffix", self.suffix is not None),
                                   ("best_of", self.best_of not in (None, 1))):
             if unsupported:
                 raise invalid_field(name, f"{name} is not supported")
+        request = self._sampling(self._input(), self.max_tokens, request_id)
+        if self.logprobs is not None:
+            request.logprobs = self.logprobs
+        return request
+
+    def _input(self) -> pb.GenerateRequest:
+        """One prompt: a string, or token ids (alone, or as the only entry of a list)."""
         prompt = self.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1 or not isinstance(prompt[0], str):
-                raise invalid_field("prompt", "prompt must be one string (token ids and several prompts per "
-                                              "request are not supported)")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise invalid_field("prompt", f"prompt holds {len(prompt)} prompts: one per request is supported")
             prompt = prompt[0]
-        return self._sampling(pb.GenerateRequest(prompt=prompt), self.max_tokens, request_id)
+        if isinstance(prompt, str):
+            return pb.GenerateRequest(prompt=prompt)
+        if not all(0 <= token_id <= MAX_UINT32 for token_id in prompt):
+            raise invalid_field("prompt", "prompt token ids must be integers >= 0")
+        return pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=prompt))
 
 
 def parse_request(model: type[_GenerationRequest], body: object, served_model: str,
@@ -214,11 +237,47 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]  # the token's text as UTF-8
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+    @classmethod
+    def of(cls, logprobs: Sequence[pb.TokenLogprob]) -> ChatLogprobs:
+        return cls(content=[ChatTokenLogprob(token=e.token, logprob=e.logprob, bytes=list(e.token.encode()),
+                                             top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob,
+                                                                      bytes=list(t.token.encode()))
+                                                           for t in e.top_logprobs])
+                            for e in logprobs])
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]  # where each token's text starts in the choice's text
+
+    @classmethod
+    def of(cls, logprobs: Sequence[pb.TokenLogprob], text_start: int = 0) -> CompletionLogprobs:
+        """`text_start`: characters of the choice's text before these tokens (earlier stream chunks)."""
+        offsets = list(itertools.accumulate((len(e.token) for e in logprobs), initial=text_start))[:-1]
+        return cls(tokens=[e.token for e in logprobs], token_logprobs=[e.logprob for e in logprobs],
+                   top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in logprobs], text_offset=offsets)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(_Reply):
@@ -236,7 +295,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Reply):
@@ -249,7 +308,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Reply):
@@ -283,35 +342,46 @@ class ReplyBuilder:
     (the first chunk of a chat names the assistant role; the one with finish_reason ends the choice; with
     `include_usage`, a last chunk without choices carries the usage, and every other chunk has usage null)."""
 
-    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str, include_usage: bool = False):
-        self.kind, self.model, self.include_usage = kind, model, include_usage
+    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str, include_usage: bool = False,
+                 logprobs: bool = False):
+        self.kind, self.model, self.include_usage, self.logprobs = kind, model, include_usage, logprobs
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}"
         self.created = int(time.time())
         self.role_sent = False
+        self.text_sent = 0  # characters of token text streamed so far (completions' text_offset)
 
-    def whole(self, text: str, last: pb.GenerateResponse) -> ChatCompletion | Completion:
+    def whole(self, pieces: Sequence[pb.GenerateResponse]) -> ChatCompletion | Completion:
+        """The reply to a request not streamed, from all its pieces (the last one ends it)."""
+        text, last = "".join(piece.text for piece in pieces), pieces[-1]
+        logprobs = [entry for piece in pieces for entry in piece.logprobs]
         usage = Usage.of(last.usage)
         if self.kind == "chat":
             return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=usage, choices=[
-                ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)])
+                ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason,
+                           logprobs=ChatLogprobs.of(logprobs) if self.logprobs else None)])
         return Completion(id=self.id, created=self.created, model=self.model, usage=usage, choices=[
-            CompletionChoice(text=text, finish_reason=last.finish_reason)])
+            CompletionChoice(text=text, finish_reason=last.finish_reason,
+                             logprobs=CompletionLogprobs.of(logprobs) if self.logprobs else None)])
 
     def chunks(self, piece: pb.GenerateResponse) -> list[BaseModel]:
-        """The chunks one GenerateResponse becomes (none for an empty middle piece: a character not yet complete)."""
+        """The chunks one GenerateResponse becomes (none for an empty middle piece, a character not yet complete,
+        unless it carries log-probabilities)."""
         finish = piece.finish_reason or None
-        if not piece.text and finish is None and (self.role_sent or self.kind != "chat"):
+        if not piece.text and finish is None and not piece.logprobs and (self.role_sent or self.kind != "chat"):
             return []
         chunks: list[BaseModel] = []
         if self.kind == "chat":
             delta = ChatDelta(content=piece.text)
             if not self.role_sent:
                 delta.role, self.role_sent = "assistant", True
-            chunks.append(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                              choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]))
+            logprobs = ChatLogprobs.of(piece.logprobs) if self.logprobs else None
+            chunks.append(ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[
+                ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]))
         else:
-            chunks.append(Completion(id=self.id, created=self.created, model=self.model,
-                                     choices=[CompletionChoice(text=piece.text, finish_reason=finish)]))
+            logprobs = CompletionLogprobs.of(piece.logprobs, self.text_sent) if self.logprobs else None
+            self.text_sent += sum(len(entry.token) for entry in piece.logprobs)
+            chunks.append(Completion(id=self.id, created=self.created, model=self.model, choices=[
+                CompletionChoice(text=piece.text, finish_reason=finish, logprobs=logprobs)]))
         if finish is not None and self.include_usage:
             kind = ChatCompletionChunk if self.kind == "chat" else Completion
             chunks.append(kind(id=self.id, created=self.created, model=self.model, choices=[],

@@ -27,6 +27,7 @@ import torch
 
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
+from overfill.engine.sampling_params import TokenLogprobs
 from overfill.engine.scheduler import Event, QueueFull, Request, Scheduler, SchedulerConfig, StepPlan
 from overfill.engine.step import ModelStep, run
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
@@ -63,6 +64,7 @@ class _Prefilled:
     """What the model thread hands back for one row: its first token (None: non-finite logits) and a copy of its KV."""
 
     token: int | None
+    logprobs: TokenLogprobs | None  # when the request asks
     k: torch.Tensor  # [L, H, T, D]
     v: torch.Tensor  # [L, H, T, D]
 
@@ -195,7 +197,8 @@ class PrefillWorker:
                 finally:
                     self._batch_started_at = None
                 # 3) Finish reasons, then lease the KV of every request that continues in the decode pool.
-                events = self.scheduler.update(plan, [row.token for row in rows])
+                events = self.scheduler.update(plan, [row.token for row in rows],
+                                               logprobs=[row.logprobs for row in rows])
                 prefilled = {r.request_id: row for r, row in zip(plan.prefill, rows)}
                 handoffs = {e.request_id: prefilled[e.request_id] for e in events if e.handoff}
                 try:
@@ -211,8 +214,9 @@ class PrefillWorker:
         """On the model thread: one right-padded forward, first tokens sampled, each row's KV copied out of its slot
         (the copy a lease will own, if the scheduler hands the request off; the slot is reused from the next
         batch)."""
-        tokens = run(plan, self.step, None)
-        return [_Prefilled(token, *self.cache.export_slot(row.slot)) for row, token in zip(plan.prefill, tokens)]
+        out = run(plan, self.step, None)
+        return [_Prefilled(token, logprobs, *self.cache.export_slot(row.slot))
+                for row, token, logprobs in zip(plan.prefill, out.tokens, out.logprobs)]
 
     def _publish(self, handoffs: dict[str, _Prefilled]) -> dict[str, object]:
         """On the model thread (the one that wrote the KV; see KVSender.publish): a lease per request, or the
@@ -246,7 +250,8 @@ class PrefillWorker:
                 outcome = PrefillResult(request_id=rid, ticket=ticket, first_token=event.token_id,
                                         prompt_tokens=waiter.num_prompt_tokens if waiter else 0,
                                         finish_reason=event.finish_reason, seed=waiter.seed if waiter else 0,
-                                        prefill_s=now - waiter.enqueued_at if waiter else 0.0)
+                                        prefill_s=now - waiter.enqueued_at if waiter else 0.0,
+                                        first_logprobs=event.logprobs)
             if waiter is None or waiter.future.done():  # the caller went away meanwhile: free what it would hold
                 if isinstance(outcome, PrefillResult):
                     self._release(outcome)

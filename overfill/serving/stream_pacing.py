@@ -14,20 +14,23 @@ No asyncio, no clock of its own: the caller passes the time, so tests drive it d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Token = TypeVar("Token")  # what the stream sends per token: its id, or its id with its log-probabilities
 
 
 @dataclass
-class StreamPacer:
+class StreamPacer(Generic[Token]):
     """One stream's held tokens. `messages_per_s` <= 0 sends every token at once."""
 
     messages_per_s: float
-    pending: list[int] = field(default_factory=list)
+    pending: list[Token] = field(default_factory=list)
     last_sent_s: float | None = None  # monotonic time of the last message; None before the first
 
-    def offer(self, token_id: int, finished: bool, num_running: int, now_s: float) -> list[int] | None:
+    def offer(self, token: Token, finished: bool, num_running: int, now_s: float) -> list[Token] | None:
         """Add one decoded token; returns the tokens to send now (in order), or None to hold them. `num_running`:
         the streams sharing the replica's budget this step."""
-        self.pending.append(token_id)
+        self.pending.append(token)
         if not finished and self.last_sent_s is not None and self.messages_per_s > 0 and num_running > 1:
             interval_s = num_running / self.messages_per_s
             if now_s - self.last_sent_s < interval_s:

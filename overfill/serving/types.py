@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from overfill.engine.sampling_params import SamplingParams
+from overfill.engine.sampling_params import SamplingParams, TokenLogprobs
 from overfill.status import FinishReason, StatusCode
 from overfill.transport.base import KVTicket
 
@@ -75,6 +75,7 @@ class PrefillResult:
     seed: int                  # the request's sampling seed (its own, or drawn at prefill): decode's token i draws
     #                            with (seed, i), see engine/sampling_params.py
     prefill_s: float           # time spent queued + prefilling in the prefill replica
+    first_logprobs: TokenLogprobs | None = None  # the first token's, under the full model (when the request asks)
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,4 @@ class TokenChunk:
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     kv_transfer_s: float | None = None  # on the first chunk: how long the KV pull took
+    logprobs: list[TokenLogprobs] | None = None  # one per token id, under the decoder, when the request asks

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from overfill.engine.sampling import SamplingParams
+from overfill.engine.sampling_params import MAX_LOGPROBS
 from overfill.prompts import has_chat_template, render_chat
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.types import ContextLengthExceeded, ServiceError
@@ -124,6 +125,9 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
     if len(stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise _invalid(f"stop_token_ids may hold at most {MAX_STOP_TOKEN_IDS} ids, got {len(stop_token_ids)}")
     _refuse_unknown_ids(stop_token_ids, "stop_token_ids", tokenizer)
+    logprobs = request.logprobs if request.HasField("logprobs") else None
+    if logprobs is not None and logprobs > MAX_LOGPROBS:
+        raise _invalid(f"logprobs must be in [0, {MAX_LOGPROBS}], got {logprobs}")
 
     # 3) The prompt, tokenized once.
     which = request.WhichOneof("input")
@@ -173,7 +177,8 @@ def validate_request(request, tokenizer, limits: Limits) -> ValidRequest:
         raise ContextLengthExceeded(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                                     f"context of {limits.max_context_tokens} tokens")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                              max_new_tokens=max_tokens, stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos)
+                              max_new_tokens=max_tokens, stop_token_ids=stop_token_ids, ignore_eos=request.ignore_eos,
+                              logprobs=logprobs)
     return ValidRequest(request_id, prompt_ids, sampling, stop)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coverfill/v1/generation.proto\x12\x0boverfill.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.overfill.v1.ChatMessage\"\xee\x02\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x19.overfill.v1.ChatMessagesH\x00\x12\x31\n\x10prompt_token_ids\x18\x0c \x01(\x0b\x32\x15.overfill.v1.TokenIdsH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\x05top_k\x18\t \x01(\rH\x04\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\n \x03(\r\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x42\x07\n\x05inputB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_k\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\"\x81\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x86\x01\n\x15GenerateUnaryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x0f\n\rHealthRequest\"\x8e\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12;\n\x08replicas\x18\x02 \x03(\x0b\x32).overfill.v1.HealthResponse.ReplicasEntry\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x12\n\x10ModelInfoRequest\"w\n\x08Geometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x1b\n\x13num_attention_heads\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\"\xd5\x02\n\x11ModelInfoResponse\x12\x12\n\nfull_model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\x12\x17\n\x0f\x66ull_parameters\x18\x03 \x01(\x04\x12\x1a\n\x12\x64\x65\x63oder_parameters\x18\x04 \x01(\x04\x12\x18\n\x10\x66ull_hidden_size\x18\x05 \x01(\r\x12\x1b\n\x13\x64\x65\x63oder_hidden_size\x18\x06 \x01(\r\x12\x1e\n\x16\x66ull_intermediate_size\x18\x07 \x01(\r\x12!\n\x19\x64\x65\x63oder_intermediate_size\x18\x08 \x01(\r\x12\'\n\x08geometry\x18\t \x01(\x0b\x32\x15.overfill.v1.Geometry\x12\x1a\n\x12max_context_tokens\x18\n \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t2\xbc\x02\n\nGeneration\x12I\n\x08Generate\x12\x1c.overfill.v1.GenerateRequest\x1a\x1d.overfill.v1.GenerateResponse0\x01\x12Q\n\rGenerateUnary\x12\x1c.overfill.v1.GenerateRequest\x1a\".overfill.v1.GenerateUnaryResponse\x12\x41\n\x06Health\x12\x1a.overfill.v1.HealthRequest\x1a\x1b.overfill.v1.HealthResponse\x12M\n\x0cGetModelInfo\x12\x1d.overfill.v1.ModelInfoRequest\x1a\x1e.overfill.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1coverfill/v1/generation.proto\x12\x0boverfill.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.overfill.v1.ChatMessage\"\x92\x03\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12)\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x19.overfill.v1.ChatMessagesH\x00\x12\x31\n\x10prompt_token_ids\x18\x0c \x01(\x0b\x32\x15.overfill.v1.TokenIdsH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\x05top_k\x18\t \x01(\rH\x04\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\n \x03(\r\x12\x12\n\nignore_eos\x18\x0b \x01(\x08\x12\x15\n\x08logprobs\x18\r \x01(\rH\x05\x88\x01\x01\x42\x07\n\x05inputB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x0b\n\t_logprobs\"o\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x17.overfill.v1.TopLogprob\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"o\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\"\xae\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.overfill.v1.TokenLogprob\"\xb3\x01\n\x15GenerateUnaryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.overfill.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12+\n\x08logprobs\x18\x06 \x03(\x0b\x32\x19.overfill.v1.TokenLogprob\"\x0f\n\rHealthRequest\"\x8e\x01\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12;\n\x08replicas\x18\x02 \x03(\x0b\x32).overfill.v1.HealthResponse.ReplicasEntry\x1a/\n\rReplicasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x12\n\x10ModelInfoRequest\"w\n\x08Geometry\x12\x12\n\nnum_layers\x18\x01 \x01(\r\x12\x1b\n\x13num_attention_heads\x18\x02 \x01(\r\x12\x14\n\x0cnum_kv_heads\x18\x03 \x01(\r\x12\x10\n\x08head_dim\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\"\xd5\x02\n\x11ModelInfoResponse\x12\x12\n\nfull_model\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63oder\x18\x02 \x01(\t\x12\x17\n\x0f\x66ull_parameters\x18\x03 \x01(\x04\x12\x1a\n\x12\x64\x65\x63oder_parameters\x18\x04 \x01(\x04\x12\x18\n\x10\x66ull_hidden_size\x18\x05 \x01(\r\x12\x1b\n\x13\x64\x65\x63oder_hidden_size\x18\x06 \x01(\r\x12\x1e\n\x16\x66ull_intermediate_size\x18\x07 \x01(\r\x12!\n\x19\x64\x65\x63oder_intermediate_size\x18\x08 \x01(\r\x12\'\n\x08geometry\x18\t \x01(\x0b\x32\x15.overfill.v1.Geometry\x12\x1a\n\x12max_context_tokens\x18\n \x01(\r\x12\x18\n\x10max_tokens_limit\x18\x0b \x01(\r\x12\r\n\x05\x64type\x18\x0c \x01(\t2\xbc\x02\n\nGeneration\x12I\n\x08Generate\x12\x1c.overfill.v1.GenerateRequest\x1a\x1d.overfill.v1.GenerateResponse0\x01\x12Q\n\rGenerateUnary\x12\x1c.overfill.v1.GenerateRequest\x1a\".overfill.v1.GenerateUnaryResponse\x12\x41\n\x06Health\x12\x1a.overfill.v1.HealthRequest\x1a\x1b.overfill.v1.HealthResponse\x12M\n\x0cGetModelInfo\x12\x1d.overfill.v1.ModelInfoRequest\x1a\x1e.overfill.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGES']._serialized_start=91
   _globals['_CHATMESSAGES']._serialized_end=149
   _globals['_GENERATEREQUEST']._serialized_start=152
-  _globals['_GENERATEREQUEST']._serialized_end=518
-  _globals['_TOKENIDS']._serialized_start=520
-  _globals['_TOKENIDS']._serialized_end=543
-  _globals['_USAGE']._serialized_start=545
-  _globals['_USAGE']._serialized_end=656
-  _globals['_GENERATERESPONSE']._serialized_start=659
-  _globals['_GENERATERESPONSE']._serialized_end=788
-  _globals['_GENERATEUNARYRESPONSE']._serialized_start=791
-  _globals['_GENERATEUNARYRESPONSE']._serialized_end=925
-  _globals['_HEALTHREQUEST']._serialized_start=927
-  _globals['_HEALTHREQUEST']._serialized_end=942
-  _globals['_HEALTHRESPONSE']._serialized_start=945
-  _globals['_HEALTHRESPONSE']._serialized_end=1087
-  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_start=1040
-  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_end=1087
-  _globals['_MODELINFOREQUEST']._serialized_start=1089
-  _globals['_MODELINFOREQUEST']._serialized_end=1107
-  _globals['_GEOMETRY']._serialized_start=1109
-  _globals['_GEOMETRY']._serialized_end=1228
-  _globals['_MODELINFORESPONSE']._serialized_start=1231
-  _globals['_MODELINFORESPONSE']._serialized_end=1572
-  _globals['_GENERATION']._serialized_start=1575
-  _globals['_GENERATION']._serialized_end=1891
+  _globals['_GENERATEREQUEST']._serialized_end=554
+  _globals['_TOKENLOGPROB']._serialized_start=556
+  _globals['_TOKENLOGPROB']._serialized_end=667
+  _globals['_TOPLOGPROB']._serialized_start=669
+  _globals['_TOPLOGPROB']._serialized_end=731
+  _globals['_TOKENIDS']._serialized_start=733
+  _globals['_TOKENIDS']._serialized_end=756
+  _globals['_USAGE']._serialized_start=758
+  _globals['_USAGE']._serialized_end=869
+  _globals['_GENERATERESPONSE']._serialized_start=872
+  _globals['_GENERATERESPONSE']._serialized_end=1046
+  _globals['_GENERATEUNARYRESPONSE']._serialized_start=1049
+  _globals['_GENERATEUNARYRESPONSE']._serialized_end=1228
+  _globals['_HEALTHREQUEST']._serialized_start=1230
+  _globals['_HEALTHREQUEST']._serialized_end=1245
+  _globals['_HEALTHRESPONSE']._serialized_start=1248
+  _globals['_HEALTHRESPONSE']._serialized_end=1390
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_start=1343
+  _globals['_HEALTHRESPONSE_REPLICASENTRY']._serialized_end=1390
+  _globals['_MODELINFOREQUEST']._serialized_start=1392
+  _globals['_MODELINFOREQUEST']._serialized_end=1410
+  _globals['_GEOMETRY']._serialized_start=1412
+  _globals['_GEOMETRY']._serialized_end=1531
+  _globals['_MODELINFORESPONSE']._serialized_start=1534
+  _globals['_MODELINFORESPONSE']._serialized_end=1875
+  _globals['_GENERATION']._serialized_start=1878
+  _globals['_GENERATION']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

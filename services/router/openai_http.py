@@ -130,7 +130,8 @@ class OpenAIEndpoints:
         body = parse_request(schema, await read_json(request), self.model_name,
                              self.router.config.server.max_chat_messages)
         generate_request = body.to_generate_request(request_id)
-        builder = ReplyBuilder(kind, request_id, self.model_name, body.include_usage)
+        builder = ReplyBuilder(kind, request_id, self.model_name, body.include_usage,
+                               logprobs=generate_request.HasField("logprobs"))
         # 2) The gRPC path. Its first piece comes after validation and prefill, so a refused request gets its HTTP
         #    status before any byte of a stream is sent.
         pieces = self.router.observed_generate(generate_request, request.state.caller)
@@ -143,12 +144,11 @@ class OpenAIEndpoints:
         if body.stream:
             return StreamingResponse(server_sent_events(first, pieces, builder), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
-        text, last = [first.text], first
+        whole = [first]
         async with aclosing(pieces):
             async for piece in pieces:
-                text.append(piece.text)
-                last = piece
-        return JSONResponse(builder.whole("".join(text), last).model_dump())
+                whole.append(piece)
+        return JSONResponse(builder.whole(whole).model_dump())
 
 
 def message_as_json(message) -> dict:

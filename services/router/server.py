@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from overfill.decoder_checkpoint import read_manifest
 from overfill.engine.detokenize import IncrementalDetokenizer
+from overfill.engine.sampling_params import TokenLogprobs
 from overfill.geometry import KVGeometry
 from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
@@ -70,6 +71,17 @@ def unknown_health_service(service: str) -> str:
 async def answered(call):
     """Awaits a handle call (a DeploymentResponse is awaitable, not a coroutine)."""
     return await call
+
+
+def logprobs_messages(logprobs: list[TokenLogprobs], tokenizer) -> list[pb.TokenLogprob]:
+    """Log-probabilities as the public API carries them, each token with its own text (one tokenizer call for the
+    whole message's tokens and alternatives)."""
+    ids = [id_ for entry in logprobs for id_ in (entry.token_id, *(token_id for token_id, _ in entry.top))]
+    texts = iter(tokenizer.batch_decode([[id_] for id_ in ids]) if ids else [])
+    return [pb.TokenLogprob(token_id=entry.token_id, token=next(texts), logprob=entry.logprob,
+                            top_logprobs=[pb.TopLogprob(token_id=token_id, token=next(texts), logprob=logprob)
+                                          for token_id, logprob in entry.top])
+            for entry in logprobs]
 
 
 def lease_releaser(config: ServiceConfig) -> KVReceiver:
@@ -158,17 +170,18 @@ class GenerationRouter:
             self._abort(e, grpc_context)
 
     async def GenerateUnary(self, request: pb.GenerateRequest, grpc_context: RayServegRPCContext):
-        text, token_ids, last = [], [], None
+        text, token_ids, logprobs, last = [], [], [], None
         try:
             caller = self.check_api_key(grpc_context.invocation_metadata())
             async for response in self.observed_generate(request, caller):
                 text.append(response.text)
                 token_ids.extend(response.token_ids)
+                logprobs.extend(response.logprobs)
                 last = response
         except ServiceError as e:
             self._abort(e, grpc_context)
         return pb.GenerateUnaryResponse(text="".join(text), token_ids=token_ids, finish_reason=last.finish_reason,
-                                        usage=last.usage, request_id=last.request_id)
+                                        usage=last.usage, request_id=last.request_id, logprobs=logprobs)
 
     async def Health(self, request: pb.HealthRequest, grpc_context: RayServegRPCContext) -> pb.HealthResponse:
         """No API key needed: load balancer and Kubernetes probes carry none, and it tells only SERVING or not and
@@ -337,7 +350,8 @@ class GenerationRouter:
         sent: list[int] = []  # every token id the client has, in order: what a migration prefills again
         ttft_s, kv_transfer_s = 0.0, 0.0
 
-        def message(token_ids: list[int], finish: FinishReason | None) -> pb.GenerateResponse:
+        def message(token_ids: list[int], finish: FinishReason | None,
+                    logprobs: list[TokenLogprobs] | None) -> pb.GenerateResponse:
             sent.extend(token_ids)
             new_text = "".join(detokenizer.push(t) for t in token_ids)
             if finish is not None:
@@ -345,6 +359,8 @@ class GenerationRouter:
             text, stopped = stops.push(new_text)
             finish = FinishReason.STOP if stopped else finish
             response = pb.GenerateResponse(text=text, token_ids=token_ids, request_id=rid)
+            if valid.sampling.logprobs is not None:
+                response.logprobs.extend(logprobs_messages(logprobs or [], self.tokenizer))
             if finish is not None:
                 if not stopped:
                     response.text += stops.flush()
@@ -363,7 +379,8 @@ class GenerationRouter:
             sampling = dataclasses.replace(valid.sampling, max_new_tokens=valid.sampling.max_new_tokens - len(sent))
             result = await self._prefilled(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling))
             ttft_s = ttft_s or time.perf_counter() - arrival
-            head = message([result.first_token], result.finish_reason)
+            head = message([result.first_token], result.finish_reason,
+                           None if result.first_logprobs is None else [result.first_logprobs])
             if head.finish_reason or result.ticket is None:
                 if result.ticket is not None:
                     await self._release(result.ticket)
@@ -383,7 +400,7 @@ class GenerationRouter:
                 while chunk is not None:
                     decode_done = chunk.finish_reason is not None
                     kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
-                    response = message(chunk.token_ids, chunk.finish_reason)
+                    response = message(chunk.token_ids, chunk.finish_reason, chunk.logprobs)
                     yield response
                     if response.finish_reason:  # EOS, max_tokens or a stop string
                         return
