@@ -41,9 +41,9 @@ ROUTING_STATS_PERIOD_S = 0.5
 # `overfill serve` does. Serve applies controller_options only when it starts its controller; a cluster whose Serve
 # is already running keeps the settings it started with.
 SERVE_PROCESS_ENV = {
-    # The gRPC proxy reads messages of up to 2 GiB by default. Ours are at most MAX_REQUEST_BYTES, and the servicer
-    # refuses a larger one unparsed, naming the size; beyond twice that the proxy refuses it without reading it.
-    "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(2 * MAX_REQUEST_BYTES),
+    # The gRPC proxy reads messages of up to 2 GiB by default. Ours are at most MAX_REQUEST_BYTES: a larger one is
+    # refused in gRPC's core before it is read or parsed (services/router/grpc_handlers.py).
+    "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(MAX_REQUEST_BYTES),
 }
 
 

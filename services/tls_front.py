@@ -31,10 +31,10 @@ from grpc_reflection.v1alpha import reflection
 
 from overfill.serving.config import ConfigError, ServerConfig
 from overfill.v1 import generation_pb2
+from services.router.grpc_handlers import MAX_REQUEST_BYTES  # the public edge reads no more than the proxy does
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 16 << 20     # largest request accepted at the public edge (a 1M-character prompt fits)
 MAX_RESPONSE_BYTES = 64 << 20
 STOP_GRACE_S = 5.0
 # Headers gRPC sets itself on each hop; forwarding them would duplicate or contradict the new call's own.

@@ -149,3 +149,36 @@ def test_health_needs_no_key_and_is_503_when_a_pool_is_down():
     assert status == 503 and json.loads(body)["status"] == "NOT_SERVING"
     status, _, body = call(ScriptedRouter(), "GET", "/v1/models")
     assert status == 200 and json.loads(body)["data"][0]["overfill"]["decoder_parameters"] == 7
+
+
+def post_in_pieces(pieces: list[bytes], headers: dict) -> tuple[int, dict, int]:
+    """POST /v1/completions with a body sent as `pieces`: (status, error JSON, pieces the app read)."""
+    app = build_openai_app(ScriptedRouter([piece("x", "stop")]))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "scheme": "http",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "root_path": "",
+             "headers": [(k.encode(), v.encode()) for k, v in {"authorization": "Bearer good-key", **headers}.items()]}
+    left, sent = list(pieces), []
+
+    async def receive():
+        body = left.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(left)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m for m in sent if m["type"] == "http.response.start")["status"]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)["error"], len(pieces) - len(left)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole():
+    from services.router.grpc_handlers import MAX_REQUEST_BYTES
+
+    megabyte = b" " * (1 << 20)
+    pieces = [megabyte] * 8  # 8 MiB, past the limit after the fifth piece
+    status, error, read = post_in_pieces(pieces, {"content-length": str(8 << 20)})
+    assert (status, read) == (400, 0) and f"{8 << 20} bytes, more than the {MAX_REQUEST_BYTES}" in error["message"]
+    status, error, read = post_in_pieces(pieces, {})  # chunked: no length declared
+    assert status == 400 and read == 5 and f"more than the {MAX_REQUEST_BYTES} bytes" in error["message"]

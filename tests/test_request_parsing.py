@@ -119,7 +119,7 @@ def test_the_ingress_registers_every_rpc_of_the_generation_service_leniently():
         assert handler.response_streaming == method.server_streaming
         assert isinstance(handler.request_deserializer(b"\xff"), UnparsableRequest)
         too_big = handler.request_deserializer(bytes(MAX_REQUEST_BYTES + 1))
-        assert isinstance(too_big, UnparsableRequest) and "more than the 8388608 accepted" in too_big.message
+        assert isinstance(too_big, UnparsableRequest) and f"more than the {MAX_REQUEST_BYTES} accepted" in too_big.message
 
 
 class NeverTokenize:

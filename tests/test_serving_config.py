@@ -31,7 +31,9 @@ def test_yaml_and_overrides_map_onto_the_dataclasses(tmp_path):
     ("", ["kv.transfer_timeout_s=0"], r"kv.transfer_timeout_s = 0.0 is invalid: must be > 0"),
     ("", ["decode.stream_messages_per_s=-1"], r"decode.stream_messages_per_s = -1.0 is invalid: must be >= 0"),
     ("", ["server.max_chat_messages=0"], r"server.max_chat_messages = 0 is invalid: must be >= 1"),
-    ("", ["server.max_prompt_chars=0"], r"server.max_prompt_chars = 0 is invalid: must be >= 1"),
+    ("", ["server.max_prompt_chars=0"], r"server.max_prompt_chars = 0 is invalid: must be in \[1, 1048576\]"),
+    ("", ["server.max_prompt_chars=1048577"], r"server.max_prompt_chars = 1048577 is invalid: must be in \[1, 1048576\] "
+                                              r"\(a larger request is refused on the wire"),
     ("", ["server.max_tokenizer_queue=0"], r"server.max_tokenizer_queue = 0 is invalid: must be >= 1"),
     ("", ["prefill.max_batch_s=0"], r"prefill.max_batch_s = 0.0 is invalid: must be > 0"),
     ("", ["prefill.max_batch_s=30", "prefill.unhealthy_batch_s=20"],

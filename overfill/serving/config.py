@@ -20,6 +20,9 @@ class ConfigError(ValueError):
 
 
 KV_TRANSPORTS = ("grpc", "nccl", "gloo", "inprocess")  # overfill.transport backends (inprocess: tests only)
+TRACING_EXPORTERS = ("otlp", "console", "file")  # where overfill/serving/tracing.py sends spans
+MAX_PROMPT_CHARS = 1 << 20  # server.max_prompt_chars at most: the public ports read no request larger than a prompt
+#                             of this many 4-byte characters and the rest of its fields (grpc_handlers.MAX_REQUEST_BYTES)
 
 
 @dataclass
@@ -98,7 +101,7 @@ class ServerConfig:
     max_context_tokens: int = 2048        # prompt + generated tokens per request
     max_tokens_limit: int = 1024          # the largest max_tokens accepted
     default_max_tokens: int = 128
-    max_prompt_chars: int = 1 << 20       # characters of a prompt, or of a chat's contents together; beyond:
+    max_prompt_chars: int = MAX_PROMPT_CHARS  # characters of a prompt, or of a chat's contents together; beyond:
                                           # INVALID_ARGUMENT, before anything is tokenized
     max_chat_messages: int = 1024         # messages in a chat; beyond: INVALID_ARGUMENT, before the template renders
     max_tokenizer_queue: int = 64         # requests being tokenized or waiting for the router's tokenizer thread;
@@ -125,6 +128,21 @@ class AuthConfig:
 
 
 @dataclass
+class TracingConfig:
+    """OpenTelemetry spans per request (overfill/serving/tracing.py): the router's request with its tokenize, prefill
+    and decode, the prefill replica's batch and the decode replica's KV pull, in one trace. README "Tracing"."""
+    enabled: bool = False                 # off: no tracer, no exporter, no work on the request path
+    exporter: str = "otlp"                # otlp: OTLP/HTTP (protobuf) to `endpoint`; console: each replica's stdout
+                                          # (its Ray log); file: JSON lines appended to `file`, one per span
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # exporter otlp: the collector's OTLP/HTTP traces URL
+                                          # (headers such as an API key: $OTEL_EXPORTER_OTLP_HEADERS, never here)
+    file: str = ""                        # exporter file: an absolute path every replica on the node appends to
+    sample_ratio: float = 1.0             # share of requests traced, chosen by trace id in the router; the prefill
+                                          # and decode replicas follow the router's choice
+    service_name: str = "overfill"        # service.name of every span (the replica's pool is overfill.component)
+
+
+@dataclass
 class ServiceConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     prefill: PrefillPoolConfig = field(default_factory=PrefillPoolConfig)
@@ -132,6 +150,7 @@ class ServiceConfig:
     kv: KVConfig = field(default_factory=KVConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def validate(self) -> ServiceConfig:
         checks = [
@@ -152,7 +171,8 @@ class ServiceConfig:
              f"in [1, server.max_context_tokens - 1 = {self.server.max_context_tokens - 1}]"),
             ("server.default_max_tokens", 1 <= self.server.default_max_tokens <= self.server.max_tokens_limit,
              "in [1, server.max_tokens_limit]"),
-            ("server.max_prompt_chars", self.server.max_prompt_chars >= 1, ">= 1"),
+            ("server.max_prompt_chars", 1 <= self.server.max_prompt_chars <= MAX_PROMPT_CHARS,
+             f"in [1, {MAX_PROMPT_CHARS}] (a larger request is refused on the wire before it is read)"),
             ("server.max_chat_messages", self.server.max_chat_messages >= 1, ">= 1"),
             ("server.max_tokenizer_queue", self.server.max_tokenizer_queue >= 1, ">= 1"),
             ("auth.max_requests_per_key", self.auth.max_requests_per_key >= 0, ">= 0 (0: no limit)"),
@@ -195,7 +215,7 @@ class ServiceConfig:
             checks.append((f"{pool}.torch_threads", getattr(self, pool).torch_threads >= 0, ">= 0 (0 = num_cpus)"))
             checks.append((f"{pool}.graceful_shutdown_timeout_s", getattr(self, pool).graceful_shutdown_timeout_s >= 0,
                            ">= 0"))
-        checks += self._security_checks()
+        checks += self._security_checks() + self._tracing_checks()
         for name, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{name} = {_get(self, name)!r} is invalid: must be {allowed}")
@@ -215,6 +235,21 @@ class ServiceConfig:
              "an environment variable name, or empty"),
             ("auth.enabled", not auth.enabled or bool(auth.api_keys_file or auth.api_keys_env),
              "false when neither auth.api_keys_file nor auth.api_keys_env is set"),
+        ]
+
+    def _tracing_checks(self) -> list[tuple[str, bool, str]]:
+        tracing = self.tracing
+        return [
+            ("tracing.exporter", tracing.exporter in TRACING_EXPORTERS, f"one of {', '.join(TRACING_EXPORTERS)}"),
+            ("tracing.endpoint", tracing.exporter != "otlp" or re.fullmatch(r"https?://[^/\s]+(/\S*)?",
+                                                                          tracing.endpoint) is not None,
+             "an http:// or https:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces)"),
+            ("tracing.file", not (tracing.enabled and tracing.exporter == "file")
+             or os.path.isabs(os.path.expanduser(tracing.file)),
+             "an absolute path when tracing.exporter is file (every replica appends to it, whatever its working "
+             "directory)"),
+            ("tracing.sample_ratio", 0.0 <= tracing.sample_ratio <= 1.0, "in [0, 1]"),
+            ("tracing.service_name", bool(tracing.service_name.strip()), "a non-empty name"),
         ]
 
     def with_secret(self) -> ServiceConfig:

@@ -27,7 +27,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from overfill.engine.kv_cache import CacheSpec, KVCache
 from overfill.engine.runner import ModelRunner
@@ -40,6 +42,9 @@ from overfill.serving.types import AdmissionRefused, PrefillResult, ServiceError
 from overfill.status import StatusCode
 from overfill.transport.base import KVReceiver, KVTransferError
 from overfill.transport.wire import DTYPE_NAMES, KVLayout
+
+if TYPE_CHECKING:  # not imported at run time: the GPU machine runs this worker without OpenTelemetry
+    from overfill.serving.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +72,11 @@ class _Stream:
 
 
 class DecodeWorker:
-    def __init__(self, runner: ModelRunner, receiver: KVReceiver, eos_token_ids: set[int], settings: DecodeSettings):
+    def __init__(self, runner: ModelRunner, receiver: KVReceiver, eos_token_ids: set[int], settings: DecodeSettings,
+                 tracing: Tracing | None = None):
+        """`tracing`: where the KV pull spans of traced requests go (overfill/serving/tracing.py); None: no spans."""
         self.runner, self.receiver, self.eos_token_ids, self.settings = runner, receiver, set(eos_token_ids), settings
+        self.tracing = tracing
         self.cache = KVCache(CacheSpec.for_geometry(runner.geometry, settings.num_slots, settings.max_seq_len,
                                                     runner.dtype, runner.device))
         self.layout = KVLayout(runner.geometry.num_layers, runner.geometry.num_kv_heads, runner.geometry.head_dim,
@@ -127,10 +135,12 @@ class DecodeWorker:
                                               StreamPacer(self.settings.stream_messages_per_s))
         try:
             # 1) A slot: at once if one is free, else after waiting for one (the lease renewed meanwhile).
+            admitted = time.perf_counter()
             slot = await self._slot_for(prefill, stream)
             # 2) Pull the KV into the slot and release the lease.
             start = time.perf_counter()
-            await self._pull_into(slot, prefill)
+            with self._pull_span(prefill, slot_wait_s=start - admitted):
+                await self._pull_into(slot, prefill)
             pulled_s = time.perf_counter() - start
             # 3) Join the running batch, and stream what the loop produces.
             self.scheduler.loaded(rid)
@@ -228,6 +238,16 @@ class DecodeWorker:
         """Hand admitted requests their slots (each caller then pulls its KV into it)."""
         for load in loads:
             self._streams[load.request_id].slot.set_result(load.slot)
+
+    def _pull_span(self, prefill: PrefillResult, slot_wait_s: float) -> AbstractContextManager:
+        """The `kv_pull` span of a traced request (the pull, the copy into its slot, the lease's release), in the
+        request's trace; nothing for an untraced one."""
+        if self.tracing is None or prefill.trace_context is None:
+            return nullcontext()
+        layout = prefill.ticket.layout
+        return self.tracing.span("kv_pull", prefill.trace_context, {
+            "overfill.lease_id": prefill.request_id, "overfill.kv.tokens": layout.num_tokens,
+            "overfill.kv.bytes": layout.total_bytes, "overfill.slot_wait_s": round(slot_wait_s, 6)})
 
     async def _pull_into(self, slot: int, prefill: PrefillResult) -> None:
         loop = asyncio.get_running_loop()

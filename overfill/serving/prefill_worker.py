@@ -22,6 +22,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,11 @@ from overfill.engine.step import ModelStep, run
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
 from overfill.status import StatusCode
 from overfill.transport.base import KVSender
+
+if TYPE_CHECKING:  # not imported at run time: the GPU machine runs this worker without OpenTelemetry
+    from opentelemetry.trace import Span
+
+    from overfill.serving.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,8 @@ class _Waiter:
     num_prompt_tokens: int
     seed: int
     enqueued_at: float
+    trace_context: dict[str, str] | None = None  # the router's prefill span, when traced
+    batch_span: Span | None = None  # the span of the batch it runs in, from the batch's start to its answer
 
 
 @dataclass
@@ -70,8 +78,11 @@ class _Prefilled:
 
 
 class PrefillWorker:
-    def __init__(self, runner: ModelRunner, sender: KVSender, eos_token_ids: set[int], settings: PrefillSettings):
+    def __init__(self, runner: ModelRunner, sender: KVSender, eos_token_ids: set[int], settings: PrefillSettings,
+                 tracing: Tracing | None = None):
+        """`tracing`: where the spans of traced requests' batches go (overfill/serving/tracing.py); None: no spans."""
         self.runner, self.sender, self.eos_token_ids, self.settings = runner, sender, set(eos_token_ids), settings
+        self.tracing = tracing
         self.cache = KVCache(CacheSpec.for_geometry(runner.geometry, settings.max_batch_size, settings.max_seq_len,
                                                     runner.dtype, runner.device))
         self.step = ModelStep(runner, self.cache)
@@ -115,7 +126,7 @@ class PrefillWorker:
             raise ServiceError(StatusCode.INVALID_ARGUMENT, str(e)) from None
         self._ensure_running()
         waiter = self._waiters[rid] = _Waiter(asyncio.get_running_loop().create_future(), num_tokens, seed,
-                                              time.perf_counter())
+                                              time.perf_counter(), request.trace_context)
         self._wakeup.set()
         try:
             return await waiter.future
@@ -123,6 +134,7 @@ class PrefillWorker:
             self.scheduler.cancel(rid)  # waiting: gone; in the batch running: its KV is never leased
             if self._waiters.get(rid) is waiter:
                 del self._waiters[rid]
+                self._end_batch_span(waiter, StatusCode.CANCELLED)
             elif waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self._release(waiter.future.result())  # the ticket was ready as the caller left
             raise
@@ -178,6 +190,8 @@ class PrefillWorker:
                 continue
             self.num_running = len(plan.prefill)
             self._running_tokens = sum(len(row.token_ids) for row in plan.prefill)
+            if self.tracing is not None:
+                self._start_batch_spans(plan)
             try:
                 # 2) Run it on the model thread, within max_batch_s: first tokens, and a copy of each row's KV.
                 self._batch_started_at = time.monotonic()
@@ -252,6 +266,8 @@ class PrefillWorker:
                                         finish_reason=event.finish_reason, seed=waiter.seed if waiter else 0,
                                         prefill_s=now - waiter.enqueued_at if waiter else 0.0,
                                         first_logprobs=event.logprobs)
+            if waiter is not None:
+                self._end_batch_span(waiter, outcome.code if isinstance(outcome, ServiceError) else None)
             if waiter is None or waiter.future.done():  # the caller went away meanwhile: free what it would hold
                 if isinstance(outcome, PrefillResult):
                     self._release(outcome)
@@ -260,6 +276,25 @@ class PrefillWorker:
             else:
                 waiter.future.set_result(outcome)
                 self.num_prefilled += 1
+
+    # ---- tracing ---------------------------------------------------------------------------------------------------
+
+    def _start_batch_spans(self, plan: StepPlan) -> None:
+        """A `prefill.batch` span for each traced request of the batch starting now, in its own trace (a batch
+        serves requests of many traces): the batch's forward and the lease of its KV, until its answer."""
+        now = time.perf_counter()
+        batch = {"overfill.batch.size": len(plan.prefill), "overfill.batch.prompt_tokens": self._running_tokens}
+        for row in plan.prefill:
+            waiter = self._waiters.get(row.request_id)
+            if waiter is not None and waiter.trace_context is not None:
+                waiter.batch_span = self.tracing.start("prefill.batch", waiter.trace_context, {
+                    **batch, "overfill.prompt_tokens": len(row.token_ids),
+                    "overfill.queued_s": round(now - waiter.enqueued_at, 6)})
+
+    def _end_batch_span(self, waiter: _Waiter, code: StatusCode | None) -> None:
+        if waiter.batch_span is not None:
+            self.tracing.end(waiter.batch_span, code)
+            waiter.batch_span = None
 
     def _release(self, result: PrefillResult) -> None:
         if result.ticket is not None:

@@ -61,6 +61,8 @@ class PrefillRequest:
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
+    trace_context: dict[str, str] | None = None  # W3C trace context of the router's prefill span, when traced
+    #                                              (overfill/serving/tracing.py): the parent of the batch's span
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class PrefillResult:
     #                            with (seed, i), see engine/sampling_params.py
     prefill_s: float           # time spent queued + prefilling in the prefill replica
     first_logprobs: TokenLogprobs | None = None  # the first token's, under the full model (when the request asks)
+    trace_context: dict[str, str] | None = None  # W3C trace context of the request's trace, set by the router for
+    #                                              decode when traced: the parent of the KV pull's span
 
 
 @dataclass(frozen=True)

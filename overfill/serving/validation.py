@@ -15,6 +15,7 @@ from overfill.engine.sampling import SamplingParams
 from overfill.engine.sampling_params import MAX_LOGPROBS
 from overfill.prompts import has_chat_template, render_chat
 from overfill.request_parsing import UnparsableRequest
+from overfill.serving.config import MAX_PROMPT_CHARS
 from overfill.serving.types import ContextLengthExceeded, ServiceError
 from overfill.status import StatusCode
 
@@ -22,7 +23,6 @@ MAX_STOP_STRINGS = 8
 MAX_STOP_LENGTH = 256
 MAX_STOP_TOKEN_IDS = 32
 MAX_TEMPERATURE = 10.0
-MAX_PROMPT_CHARS = 1 << 20     # server.max_prompt_chars by default
 MAX_CHAT_MESSAGES = 1024       # server.max_chat_messages by default
 ROLES = ("system", "user", "assistant")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -12,6 +12,7 @@ from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
+from overfill.serving.tracing import process_tracing
 from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
 from overfill.engine.sampling import SamplingParams
 from overfill.transport.base import make_receiver
@@ -24,6 +25,7 @@ class DecodeServer:
     def __init__(self, config: ServiceConfig):
         from transformers import AutoTokenizer
 
+        self.tracing = process_tracing(config.tracing, "decode")  # first: an exporter it cannot build fails at once
         apply_torch_threads(config.decode)
         directory = decoder_dir(config.models)
         decoder = load_decoder(directory, dtype=config.models.dtype, device=config.models.device)
@@ -41,6 +43,7 @@ class DecodeServer:
                            kv_pull_timeout_s=config.kv.transfer_timeout_s,
                            cuda_graphs=config.decode.cuda_graphs,
                            stream_messages_per_s=config.decode.stream_messages_per_s),
+            self.tracing,
         )
 
     async def generate(self, prefill: PrefillResult, sampling: SamplingParams,
@@ -80,6 +83,8 @@ class DecodeServer:
     def __del__(self):
         self.worker.close()
         self.receiver.close()
+        if self.tracing is not None:
+            self.tracing.flush()
 
 
 def own_replica_id() -> str:

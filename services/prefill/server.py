@@ -16,6 +16,7 @@ from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
 from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
+from overfill.serving.tracing import process_tracing
 from overfill.serving.types import PrefillRequest, PrefillResult
 from overfill.transport.base import make_sender
 from services.autoscaling import PREFILL_METRIC
@@ -36,6 +37,7 @@ def kv_host(config: ServiceConfig) -> str:
 
 class PrefillServer:
     def __init__(self, config: ServiceConfig):
+        self.tracing = process_tracing(config.tracing, "prefill")  # first: an exporter it cannot build fails at once
         apply_torch_threads(config.prefill)
         bound_onednn_caches(config.prefill.onednn_cache_entries)  # before the first oneDNN op: see its NOTE
         full = load_model(config.models.full, dtype=config.models.dtype, device=config.models.device)
@@ -57,6 +59,7 @@ class PrefillServer:
                             max_leased_tokens=config.prefill.max_leased_tokens,
                             max_batch_s=config.prefill.max_batch_s,
                             unhealthy_batch_s=config.prefill.unhealthy_batch_s),
+            self.tracing,
         )
 
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
@@ -94,3 +97,5 @@ class PrefillServer:
             time.sleep(0.05)
         self.worker.close()
         self.sender.close()
+        if self.tracing is not None:
+            self.tracing.flush()

@@ -3,8 +3,14 @@
 The same methods as the generated `add_GenerationServicer_to_server`, but each request is parsed with
 `lenient_parser`: bytes protobuf refuses (invalid UTF-8 in a stop string, a truncated frame) reach the router as an
 `UnparsableRequest`, which it answers with INVALID_ARGUMENT naming the field, where the generated deserializer made
-the proxy answer UNKNOWN. Requests over MAX_REQUEST_BYTES are refused the same way before they are parsed (Ray
-Serve's proxy accepts messages up to 2 GiB unless RAY_SERVE_GRPC_MAX_MESSAGE_SIZE says less; start_service sets it).
+the proxy answer UNKNOWN.
+
+MAX_REQUEST_BYTES bounds what any request can cost before its API key is checked: Ray Serve's proxy parses a request
+before the router sees it, and four keyless clients sending 8 MiB frames protobuf refuses kept 2 cores busy enough to
+stall other streams for a second. The proxy refuses a larger message in gRPC's core (RESOURCE_EXHAUSTED, naming both
+sizes) before any Python touches it: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, which start_service and the deploy files set
+(it reads up to 2 GiB otherwise). The deserializer refuses one too, unparsed, wherever it is registered without that
+limit.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import grpc
 
 from overfill.request_parsing import lenient_parser
+from overfill.serving.config import MAX_PROMPT_CHARS
 from overfill.v1 import generation_pb2 as pb
 
 SERVICE_NAME = "overfill.v1.Generation"
-MAX_REQUEST_BYTES = 8 << 20  # a whole request: room for the longest prompt (validation.MAX_PROMPT_CHARS) in 4-byte chars
+# A whole request: the longest prompt the config allows in 4-byte characters, and 64 KiB for every other field (the
+# chat's roles and framing, stop strings, token ids).
+MAX_REQUEST_BYTES = 4 * MAX_PROMPT_CHARS + (64 << 10)
 
 
 def add_generation_servicer(servicer, server) -> None:

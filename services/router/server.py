@@ -36,6 +36,7 @@ from overfill.serving.config import ServiceConfig, decoder_dir
 from overfill.serving.key_limits import KeyConcurrency
 from overfill.serving.request_log import RequestLog
 from overfill.serving.tokenizer_queue import TokenizerQueue
+from overfill.serving.tracing import process_tracing
 from overfill.serving.types import PrefillRequest, PrefillResult, ServiceError
 from overfill.serving.validation import REQUEST_ID, Limits, StopStringMatcher, max_token_chars, validate_request
 from overfill.status import FinishReason, StatusCode
@@ -48,6 +49,7 @@ from services.router.error_chain import error_chain
 from services.router.grpc_handlers import SERVICE_NAME
 from services.router.pool_health import PoolHealth, PoolStatus
 from services.router.replica_counts import ReplicaCounts
+from services.router.request_trace import RequestTrace, RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ class GenerationRouter:
             log.warning(AUTH_OFF_WARNING)
         self.key_concurrency = KeyConcurrency(config.auth.max_requests_per_key)  # per key, in this replica
         self.request_log = RequestLog(logging.getLogger("ray.serve"), config.server.log_prompts)
+        self.request_tracer = RequestTracer(process_tracing(config.tracing, "router"), service_error_of)
         model_dir = resolve_model(config.models.full)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.limits = Limits(config.server.max_context_tokens, config.server.max_tokens_limit,
@@ -281,10 +284,11 @@ class GenerationRouter:
         status = "OK"
         arrival = previous = time.perf_counter()
         output = []  # the text sent, kept only for server.log_prompts
+        trace = self.request_tracer.start(getattr(request, "request_id", ""))  # an UnparsableRequest has none
         try:
             first = True
             with self.key_concurrency.held(caller):
-                async for response in self._generate(request):
+                async for response in self._generate(request, trace):
                     now = time.perf_counter()
                     (self.metrics.ttft if first else self.metrics.itl).observe(now - (arrival if first else previous))
                     first, previous = False, now
@@ -295,17 +299,21 @@ class GenerationRouter:
                         self.metrics.finished("OK", response.usage.prompt_tokens, response.usage.completion_tokens)
                         self.request_log.finished(response.request_id, response.finish_reason,
                                                   response.usage.completion_tokens, "".join(output))
+                        trace.finished(response.usage.completion_tokens, response.finish_reason)
                     yield response
         except asyncio.CancelledError:
             status = StatusCode.CANCELLED.value
+            trace.failed(StatusCode.CANCELLED)
             raise
         except Exception as e:  # noqa: BLE001  every failure leaves as a status
             request_id = getattr(request, "request_id", "")  # an UnparsableRequest has none
             # A status names a valid id only: a 20 KB one overflowed the trailers (the client saw RESOURCE_EXHAUSTED).
             error = self.status_of(e, request_id if REQUEST_ID.fullmatch(request_id) else "")
             status = error.code.value
+            trace.failed(error.code)
             raise error from None
         finally:
+            trace.end()
             self.num_running -= 1
             self.metrics.running.set(self.num_running)
             if status != "OK":
@@ -337,13 +345,16 @@ class GenerationRouter:
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
-    async def _generate(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def _generate(self, request: pb.GenerateRequest, trace: RequestTrace) -> AsyncIterator[pb.GenerateResponse]:
+        """The request's path; `trace` gets its spans (services/router/request_trace.py)."""
         arrival = time.perf_counter()
         # 1) Validate and tokenize once, on a thread of its own behind a bounded queue: a long prompt takes a
         #    quarter of a second (the tokenizer releases the GIL), and meanwhile the event loop streams every other
         #    request's tokens.
-        valid = await self.tokenizer_queue.run(validate_request, request, self.tokenizer, self.limits)
+        with trace.tokenize():
+            valid = await self.tokenizer_queue.run(validate_request, request, self.tokenizer, self.limits)
         rid = valid.request_id
+        trace.tokenized(rid, len(valid.prompt_ids))
         self.request_log.received(rid, request, len(valid.prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringMatcher(valid.stop)
@@ -377,7 +388,9 @@ class GenerationRouter:
             # replies, two requests may share one, and one's cleanup must never release the other's KV.
             lease_id = f"{rid}/{uuid.uuid4().hex[:12]}"
             sampling = dataclasses.replace(valid.sampling, max_new_tokens=valid.sampling.max_new_tokens - len(sent))
-            result = await self._prefilled(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling))
+            with trace.prefill(migration, len(valid.prompt_ids) + len(sent)) as trace_context:
+                result = await self._prefilled(PrefillRequest(lease_id, valid.prompt_ids + sent, sampling,
+                                                              trace_context))
             ttft_s = ttft_s or time.perf_counter() - arrival
             head = message([result.first_token], result.finish_reason,
                            None if result.first_logprobs is None else [result.first_logprobs])
@@ -394,9 +407,10 @@ class GenerationRouter:
             try:
                 yield head
                 stream, chunk = await admitted_decode_stream(
-                    lambda avoid: self.decode.options(stream=True).generate.remote(result, sampling,
+                    lambda avoid: self.decode.options(stream=True).generate.remote(trace.for_decode(result), sampling,
                                                                                    avoid_replicas=avoid),
                     rid, self.admission_retry, on_retry=self.metrics.decode_admission_retries.inc)
+                trace.decode_started(migration, len(sent))
                 while chunk is not None:
                     decode_done = chunk.finish_reason is not None
                     kv_transfer_s = chunk.kv_transfer_s or kv_transfer_s
@@ -411,6 +425,7 @@ class GenerationRouter:
                 # 4) Migration: the decode replica died (or became unreachable) mid-stream. Its tokens are all here,
                 #    so prefill prompt + sent again and continue on another decode replica with the tokens left;
                 #    the client never gets a token twice. At most MAX_MIGRATIONS times, then UNAVAILABLE.
+                trace.decode_failed(e, len(sent))
                 if not replica_lost(e):
                     raise
                 if migration == MAX_MIGRATIONS:
@@ -420,6 +435,7 @@ class GenerationRouter:
                             type(e).__name__)
                 self.metrics.migrations.inc()
             finally:
+                trace.decode_ended(len(sent))
                 if not decode_done:  # stop string, client gone, deadline, or an error: free decode and prefill KV
                     if stream is not None:
                         stream.cancel()
