@@ -6,12 +6,13 @@ ray/serve/_private/default_impl.py `add_grpc_address`); it has no TLS option. Wh
 
     client --TLS--> front [::]:server.tls_port --plaintext, loopback--> Serve gRPC proxy :server.grpc_port --> router
 
-The front forwards every method of the services it knows (overfill.v1.Generation, grpc.health.v1.Health, and Ray
-Serve's own RayServeAPIService health/listing) unchanged: request and response bytes (never parsed), the request
+The front forwards every method of the public services (overfill.v1.Generation and grpc.health.v1.Health)
+unchanged: request and response bytes (never parsed), the request
 metadata (the API key included: the router checks it), the deadline, cancellation (a client that goes away cancels
 the upstream call, which cancels the request in the router), and the status, details and trailing metadata that
-come back. Server reflection, which streams both ways, it answers itself from the same .proto descriptors. It holds
-no state of its own. With TLS on, only `tls_port` is public: `grpc_port` must not be reachable from
+come back. Server reflection, which streams both ways, it answers itself from the same .proto descriptors. Anything
+else, Ray Serve's own RayServeAPIService included (`ListApplications` names every application of the cluster, and
+needs no key), is UNIMPLEMENTED at the front. It holds no state of its own. With TLS on, only `tls_port` is public: `grpc_port` must not be reachable from
 outside the host (firewall it; the Serve proxy binds all interfaces).
 
 Where the service is deployed by `serve run` or KubeRay instead, this process does not exist: terminate TLS at the
@@ -45,12 +46,9 @@ def forwarded_methods() -> dict[str, bool]:
     """'/package.Service/Method' -> whether the server streams, for each method the front forwards. Client
     streaming methods are not forwarded (none exist in the API; reflection, which streams both ways, is answered by
     the front itself)."""
-    from ray.serve.generated import serve_pb2
-
     methods = {}
     for service in (generation_pb2.DESCRIPTOR.services_by_name["Generation"],
-                    health_pb2.DESCRIPTOR.services_by_name["Health"],
-                    serve_pb2.DESCRIPTOR.services_by_name["RayServeAPIService"]):
+                    health_pb2.DESCRIPTOR.services_by_name["Health"]):
         for method in service.methods:
             if not method.client_streaming:
                 methods[f"/{service.full_name}/{method.name}"] = method.server_streaming

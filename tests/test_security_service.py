@@ -205,6 +205,20 @@ def test_tls_front_serves_grpc_health_and_reflection(service):
     assert {"overfill.v1.Generation", "grpc.health.v1.Health"} <= services
 
 
+def test_the_tls_front_forwards_no_ray_serve_internals(service):
+    """Ray Serve's RayServeAPIService lists every application of the cluster without a key: the public edge does not
+    forward it."""
+    import grpc
+    from ray.serve.generated import serve_pb2, serve_pb2_grpc
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=service["cert"].read_bytes())
+    with grpc.secure_channel(service["tls"], credentials) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            serve_pb2_grpc.RayServeAPIServiceStub(channel).ListApplications(serve_pb2.ListApplicationsRequest(),
+                                                                             timeout=30)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_the_tls_port_refuses_plaintext_and_unknown_certificates(service, tmp_path):
     with OverFillClient(service["tls"], timeout_s=10, api_key=FILE_KEY) as plaintext:
         assert refused(plaintext.health).code == "UNAVAILABLE"
