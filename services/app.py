@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
 from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, config_from_dict
+from overfill.serving.tracing import check_exporter
 from services import tls_front
 from services.decode.server import DecodeServer
 from services.kv_secret import resolve_kv_secret, share_kv_secret
@@ -118,6 +119,7 @@ def app_builder(args: dict):
     serveConfigV2, `serve run`): `args` holds the ServiceConfig sections. The KV secret comes from neither the args
     nor the runtime_env, which Ray logs: see resolve_kv_secret."""
     config = resolve_kv_secret(config_from_dict(args))
+    check_exporter(config.tracing)
     prepare_models(config)
     return build_app(config)
 
@@ -155,6 +157,7 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
     from ray.serve.schema import ServeDeploySchema
 
     config = config.with_secret()
+    check_exporter(config.tracing)  # an exporter this environment lacks: refused before Ray starts
     prepare_models(config)  # once here, not in every replica
     serve_config = serve_config_of(config, serve_file, import_path)
     schema = ServeDeploySchema.model_validate(serve_config)

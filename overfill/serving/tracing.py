@@ -86,7 +86,7 @@ class Tracing:
     def end(span: Span, code: StatusCode | None = None) -> None:
         """End a span; a failure sets its status to ERROR with the status code (its name only: an exception's
         message may quote the request or name internal addresses)."""
-        if code is not None and code is not StatusCode.OK:
+        if code is not None:
             span.set_attribute(STATUS_CODE_ATTRIBUTE, code.value)
             span.set_status(Status(SpanStatusCode.ERROR, code.value))
         span.end()

@@ -60,7 +60,8 @@ class RequestTrace:
         self.root: Span | None = None
         self._decode: Span | None = None
         self._decode_tokens_before = 0
-        self._outcome: StatusCode | None = None  # OK once the last message is out, else the failure's code
+        self._finished = False  # the last message is out
+        self._failure: StatusCode | None = None
         if tracing is not None:
             attributes = {"overfill.request_id": request_id} if REQUEST_ID.fullmatch(request_id or "") else {}
             self.root = tracing.start("overfill.request", None, attributes, kind=SpanKind.SERVER)
@@ -76,15 +77,15 @@ class RequestTrace:
         if self.root is not None:
             self.root.set_attributes({"overfill.completion_tokens": completion_tokens,
                                       "overfill.finish_reason": finish_reason})
-            self._outcome = StatusCode.OK
+            self._finished = True
 
     def failed(self, code: StatusCode) -> None:
-        self._outcome = code
+        self._failure = code
 
     def end(self) -> None:
-        """End the root: OK, the failure's code, or CANCELLED for a caller that left before its last message."""
+        """End the root: finished, failed with its code, or CANCELLED: the caller left before its last message."""
         if self.root is not None:
-            self.tracing.end(self.root, self._outcome or StatusCode.CANCELLED)
+            self.tracing.end(self.root, None if self._finished else self._failure or StatusCode.CANCELLED)
 
     # ---- children ------------------------------------------------------------------------------------------------
 
@@ -122,9 +123,9 @@ class RequestTrace:
 
     def decode_ended(self, tokens_sent: int) -> None:
         """The decode stream is over; a decode span still open ends OK if the request finished, else CANCELLED."""
-        self._end_decode(tokens_sent, StatusCode.OK if self._outcome is StatusCode.OK else StatusCode.CANCELLED)
+        self._end_decode(tokens_sent, None if self._finished else StatusCode.CANCELLED)
 
-    def _end_decode(self, tokens_sent: int, code: StatusCode) -> None:
+    def _end_decode(self, tokens_sent: int, code: StatusCode | None) -> None:
         if self._decode is not None:
             self._decode.set_attribute("overfill.decode.tokens", tokens_sent - self._decode_tokens_before)
             self.tracing.end(self._decode, code)

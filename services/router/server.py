@@ -345,7 +345,8 @@ class GenerationRouter:
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
-    async def _generate(self, request: pb.GenerateRequest, trace: RequestTrace) -> AsyncIterator[pb.GenerateResponse]:
+    async def _generate(self, request: pb.GenerateRequest,
+                        trace: RequestTrace) -> AsyncIterator[pb.GenerateResponse]:
         """The request's path; `trace` gets its spans (services/router/request_trace.py)."""
         arrival = time.perf_counter()
         # 1) Validate and tokenize once, on a thread of its own behind a bounded queue: a long prompt takes a
@@ -480,3 +481,8 @@ class GenerationRouter:
             await asyncio.to_thread(self.kv_releaser.release, ticket)
         except KVTransferError as e:
             log.info("KV lease %s not released (%s): its prefill replica is gone", ticket.request_id, e.code)
+
+    def __del__(self):
+        """Ray Serve calls this when it stops the replica: spans not exported yet leave first."""
+        if hasattr(self, "request_tracer"):  # __init__ may have failed before
+            self.request_tracer.flush()
