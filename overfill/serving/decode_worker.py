@@ -48,6 +48,15 @@ if TYPE_CHECKING:  # not imported at run time: the GPU machine runs this worker 
 
 log = logging.getLogger(__name__)
 
+# What a client is told of a failed KV pull, by the transport's status; the transport's own message stays in the log.
+PULL_FAILURES = {
+    StatusCode.DEADLINE_EXCEEDED: "it did not finish within kv.transfer_timeout_s",
+    StatusCode.UNAVAILABLE: "the prefill replica holding the KV could not be reached, or the link to it failed",
+    StatusCode.DATA_LOSS: "the KV arrived incomplete or malformed",
+    StatusCode.FAILED_PRECONDITION: "the leased KV's geometry or dtype is not the decoder's",
+    StatusCode.UNAUTHENTICATED: "the prefill replica's KV service refused this replica's cluster secret",
+}
+
 
 @dataclass(frozen=True)
 class DecodeSettings:
@@ -259,12 +268,15 @@ class DecodeWorker:
         try:
             k, v = await loop.run_in_executor(self._pull_threads, pull)
         except KVTransferError as e:
+            # The transport's own words name replicas' addresses: they go to this replica's log, not to the client.
+            log.warning("KV pull for request %s failed: %s", prefill.request_id, e)
             if e.code is StatusCode.NOT_FOUND:  # the lease expired (or was released) before the pull reached it
                 raise ServiceError(StatusCode.ABORTED, f"the KV of request {prefill.request_id!r} was no longer "
-                                                       f"leased when decode pulled it (lease expired or released): "
-                                                       f"{e}") from e
+                                                       f"leased when decode pulled it (lease expired or released)"
+                                   ) from e
             code = StatusCode.DEADLINE_EXCEEDED if e.code is StatusCode.DEADLINE_EXCEEDED else StatusCode.UNAVAILABLE
-            raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed: {e}") from e
+            reason = PULL_FAILURES.get(e.code, "the KV transfer failed")
+            raise ServiceError(code, f"KV pull for request {prefill.request_id!r} failed ({e.code}): {reason}") from e
         copy = self._model_thread.submit(self.cache.import_slot, slot, k, v)
         imported = asyncio.wrap_future(copy)
         try:
@@ -309,7 +321,8 @@ class DecodeWorker:
                 continue
             except Exception as e:  # a failed step fails its sequences, never the worker
                 log.exception("decode step of %d sequences failed", len(plan.decode))
-                self._publish(self.scheduler.fail_step(plan, StatusCode.INTERNAL, f"decode step failed: {e}"))
+                message = f"decode step failed: {type(e).__name__} (the decode replica's log has the details)"
+                self._publish(self.scheduler.fail_step(plan, StatusCode.INTERNAL, message))
                 continue
             finally:
                 self._step_started_at = None

@@ -206,7 +206,8 @@ class PrefillWorker:
                     continue
                 except Exception as e:  # a failed batch fails its requests, never the worker
                     log.exception("prefill batch of %d failed", len(plan.prefill))
-                    self._answer(self.scheduler.fail_step(plan, StatusCode.INTERNAL, f"prefill failed: {e}"), {})
+                    message = f"prefill failed: {type(e).__name__} (the prefill replica's log has the details)"
+                    self._answer(self.scheduler.fail_step(plan, StatusCode.INTERNAL, message), {})
                     continue
                 finally:
                     self._batch_started_at = None
@@ -219,7 +220,9 @@ class PrefillWorker:
                     tickets = await loop.run_in_executor(self._executor, self._publish, handoffs) if handoffs else {}
                 except Exception as e:  # the sender failed: these requests fail, the worker goes on
                     log.exception("leasing the KV of %d requests failed", len(handoffs))
-                    tickets = {rid: ServiceError(StatusCode.INTERNAL, f"prefill failed: {e}") for rid in handoffs}
+                    message = (f"prefill failed: leasing its KV failed with {type(e).__name__} (the prefill replica's "
+                               f"log has the details)")
+                    tickets = {rid: ServiceError(StatusCode.INTERNAL, message) for rid in handoffs}
                 self._answer(events, tickets)
             finally:
                 self.num_running = self._running_tokens = 0
