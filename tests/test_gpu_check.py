@@ -1,5 +1,5 @@
 """runs/gpu_check.sh in its CPU form (--cpu-smoke): every section that does not need CUDA runs on tiny models, in a
-process where importing Ray or gguf fails, as on the GPU machine (which has neither)."""
+process where importing Ray, gguf or OpenTelemetry fails, as on the GPU machine (which has none of them)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_gpu_check_runs_on_cpu_without_ray_and_writes_its_json_and_table(tmp_path):
     blocked = tmp_path / "blocked"
-    for name in ("ray", "gguf"):
+    for name in ("ray", "gguf", "opentelemetry"):
         (blocked / name).mkdir(parents=True)
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
     out = tmp_path / "gpu_check.json"

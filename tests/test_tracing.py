@@ -79,9 +79,17 @@ def test_tracing_config_errors_name_the_field(overrides, message):
 
 
 def test_tracing_is_off_by_default_and_the_shipped_deploy_files_keep_it_off():
-    root = Path(__file__).resolve().parents[1]
+    import yaml
+
+    from overfill.serving.config import config_from_dict, service_args_of
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    rayservice = next(doc for doc in yaml.safe_load_all((deploy / "kuberay" / "rayservice.yaml").read_text())
+                      if doc["kind"] == "RayService")
+    cluster = config_from_dict(service_args_of(yaml.safe_load(rayservice["spec"]["serveConfigV2"])))
     assert load_config(None).tracing == TracingConfig(enabled=False)
-    assert not load_config(root / "deploy" / "local.yaml").tracing.enabled
+    assert not load_config(deploy / "local.yaml").tracing.enabled
+    assert not cluster.tracing.enabled and cluster.tracing.exporter == "otlp"  # the section is there, to turn on
     assert process_tracing(TracingConfig(), "router") is None
 
 
