@@ -7,8 +7,8 @@ resumes and another may close, and a context attached in one and detached in the
 parent instead, and crosses a process as a carrier dict (`traceparent`, `tracestate`) inside the objects the router
 already sends: PrefillRequest.trace_context, PrefillResult.trace_context.
 
-Tracing off (the default) costs nothing on the request path: `process_tracing` returns None, the workers skip every
-span, and the router's spans are OpenTelemetry's no-op ones (services/router/request_trace.py); nothing is done per
+Tracing off (the default) costs nothing on the request path: `process_tracing` returns None, and the workers and the
+router's RequestTrace (services/router/request_trace.py) then start no span and make no carrier; nothing is done per
 token in any case.
 
 The worker modules (overfill/serving/*_worker.py) do not import this one: the GPU machine, which runs them, has no
@@ -64,10 +64,10 @@ class Tracing:
         self.tracer = self.provider.get_tracer("overfill.serving")
 
     def start(self, name: str, parent: Parent, attributes: Attributes | None = None,
-              kind: SpanKind = SpanKind.INTERNAL, start_time_ns: int | None = None) -> Span:
-        """A span under `parent`, started now (or at `start_time_ns`); the caller ends it (`end`)."""
+              kind: SpanKind = SpanKind.INTERNAL) -> Span:
+        """A span under `parent`, started now; the caller ends it (`end`)."""
         return self.tracer.start_span(name, context=parent_context(parent), kind=kind, attributes=attributes,
-                                      start_time=start_time_ns, record_exception=False, set_status_on_exception=False)
+                                      record_exception=False, set_status_on_exception=False)
 
     @contextmanager
     def span(self, name: str, parent: Parent, attributes: Attributes | None = None,
@@ -119,9 +119,11 @@ def carrier_of(span: Span) -> Carrier:
     return carrier
 
 
-def parent_context(parent: Parent) -> Context | None:
+def parent_context(parent: Parent) -> Context:
+    """The context a span starts in: its parent's, or an empty one (a new trace, whatever another library may have
+    made current)."""
     if parent is None:
-        return None
+        return Context()
     if isinstance(parent, Mapping):
         return _PROPAGATOR.extract(dict(parent))
     return trace.set_span_in_context(parent)

@@ -53,6 +53,8 @@ class RequestTracer:
 
 
 class RequestTrace:
+    """One request's spans in the router: `observed_generate` holds the root, `_generate` opens the children."""
+
     def __init__(self, tracing: Tracing | None, status_code_of: Callable[[BaseException], StatusCode],
                  request_id: str):
         self.tracing = tracing
