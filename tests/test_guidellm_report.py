@@ -16,6 +16,8 @@ from loadtest.guidellm_report import (
     load_shape,
     loadtest_figures,
     main,
+    pooled,
+    run_to_run_se,
 )
 
 
@@ -130,6 +132,20 @@ def test_loadtest_figures_come_from_the_flat_result():
     assert (figures.tpot_mean_ms, figures.e2el_std_ms) == (60.0, 430.0)
 
 
+def test_loadtest_throughput_is_taken_over_guidellm_s_window_when_the_run_saved_its_requests():
+    # At a rate, loadtest's first request leaves one gap after the run starts (vLLM's schedule) and its `duration`
+    # counts from the start: 3 requests, 1 s apart from t=1 s, each 0.5 s to its first token and 0.3 s after it.
+    result = loadtest_result(completed=3, failed=1, duration=3.8, output_tokens=4)
+    result |= {"send_times": [1.0, 2.0, 3.0, 3.5], "ttfts": [0.5, 0.5, 0.5, 0.0],
+               "itls": [[0.1, 0.1, 0.1]] * 3 + [[]], "errors": ["", "", "", "UNAVAILABLE: replica died"]}
+    figures = loadtest_figures(result)
+    assert figures.duration_s == pytest.approx(2.8)               # 1.0 -> 3.8: the failed request is not counted
+    assert figures.requests_per_s == pytest.approx(3 / 2.8)       # the result's own: 3 / 3.8
+    assert figures.output_tokens_per_s == pytest.approx(12 / 2.8)
+    del result["send_times"]
+    assert loadtest_figures(result).requests_per_s == pytest.approx(3 / 3.8)
+
+
 # ---- the comparison ----------------------------------------------------------------------------------------------
 
 
@@ -140,17 +156,17 @@ def rows_by_metric(rows):
 def test_a_gap_within_two_standard_errors_is_noise_and_a_larger_one_is_not():
     # TTFT: std 100 ms over 25 requests each side: the difference's standard error is sqrt(400 + 400) = 28.3 ms.
     g = guidellm_figures(benchmark(SYNCHRONOUS, completed=25, ttft=(540.0, 530.0, 100.0)))
-    near = rows_by_metric(compare_figures(g, loadtest_figures(loadtest_result(completed=25,
-                                                                              ttft=(500.0, 500.0, 100.0)))))
-    assert near["ttft_mean_ms"]["noise_se"] == pytest.approx(math.sqrt(800))
+    near = rows_by_metric(compare_figures(g, [loadtest_figures(loadtest_result(completed=25,
+                                                                               ttft=(500.0, 500.0, 100.0)))]))
+    assert near["ttft_mean_ms"]["per_request_se"] == pytest.approx(math.sqrt(800))
     assert near["ttft_mean_ms"]["z"] == pytest.approx(40 / math.sqrt(800))
     assert near["ttft_mean_ms"]["ratio"] == pytest.approx(1.08)
     assert near["ttft_mean_ms"]["within_noise"]
     # the median's error is sqrt(pi/2) times the mean's: 30 ms apart is 0.85 of its 35.4 ms
     assert near["ttft_median_ms"]["z"] == pytest.approx(30 / (math.sqrt(math.pi / 2) * math.sqrt(800)))
 
-    far = rows_by_metric(compare_figures(g, loadtest_figures(loadtest_result(completed=25,
-                                                                             ttft=(380.0, 380.0, 100.0)))))
+    far = rows_by_metric(compare_figures(g, [loadtest_figures(loadtest_result(completed=25,
+                                                                              ttft=(380.0, 380.0, 100.0)))]))
     assert far["ttft_mean_ms"]["z"] == pytest.approx(160 / math.sqrt(800))
     assert not far["ttft_mean_ms"]["within_noise"]
 
@@ -159,24 +175,47 @@ def test_throughput_noise_is_relative_to_the_end_to_end_latency_spread():
     # e2el relative spread 0.1 on both sides, 25 requests: relative error sqrt(2 * 0.01 / 25) = 0.0283 of the rate.
     g = guidellm_figures(benchmark(THROUGHPUT, completed=25, duration=20.0, latency_s=(4.0, 4.0, 0.4)))
     lt = loadtest_figures(loadtest_result(completed=25, duration=25.0, e2el=(4000.0, 4000.0, 400.0)))
-    row = rows_by_metric(compare_figures(g, lt))["requests_per_s"]
+    row = rows_by_metric(compare_figures(g, [lt]))["requests_per_s"]
     mean_rate = (25 / 20.0 + 25 / 25.0) / 2
-    assert row["noise_se"] == pytest.approx(math.sqrt(2 * 0.01 / 25) * mean_rate)
+    assert row["per_request_se"] == pytest.approx(math.sqrt(2 * 0.01 / 25) * mean_rate)
     assert row["ratio"] == pytest.approx(1.25)
     assert not row["within_noise"]       # 25% apart is 4.4 standard errors
 
 
+def test_passes_pool_into_one_run_and_their_spread_widens_the_noise():
+    runs = [loadtest_figures(loadtest_result(completed=24, duration=20.0, ttft=(500.0, 480.0, 90.0))),
+            loadtest_figures(loadtest_result(completed=20, duration=25.0, ttft=(700.0, 680.0, 120.0)))]
+    both = pooled(runs)
+    assert both.completed == 44
+    assert both.ttft_mean_ms == 600.0 and both.ttft_median_ms == 580.0
+    assert both.ttft_std_ms == pytest.approx(math.sqrt((90.0 ** 2 + 120.0 ** 2) / 2))   # still one run's spread
+    assert both.requests_per_s == pytest.approx((24 / 20.0 + 20 / 25.0) / 2)
+
+    # two passes 200 ms apart: s = 141 ms, and one run of either tool against their mean: s * sqrt(1 + 1/2)
+    assert run_to_run_se([500.0, 700.0]) == pytest.approx(math.sqrt(20000) * math.sqrt(1.5))
+    assert run_to_run_se([500.0]) is None
+
+    # guidellm at 780 ms: 5.6 per-request standard errors from 600 ms, but 0.95 of the passes' spread: noise
+    g = guidellm_figures(benchmark(SYNCHRONOUS, ttft=(780.0, 760.0, 100.0)))
+    row = rows_by_metric(compare_figures(g, runs))["ttft_mean_ms"]
+    assert row["per_request_se"] < row["run_to_run_se"]
+    assert row["z"] == pytest.approx(180.0 / (math.sqrt(20000) * math.sqrt(1.5)))
+    assert row["within_noise"] and row["loadtest_passes"] == [500.0, 700.0]
+    alone = rows_by_metric(compare_figures(g, runs[:1]))["ttft_mean_ms"]
+    assert alone["run_to_run_se"] is None and not alone["within_noise"]
+
+
 def test_different_output_lengths_are_flagged_not_averaged_away():
     g = guidellm_figures(benchmark(SYNCHRONOUS, output_tokens=64.0))
-    same = rows_by_metric(compare_figures(g, loadtest_figures(loadtest_result(output_tokens=64))))
+    same = rows_by_metric(compare_figures(g, [loadtest_figures(loadtest_result(output_tokens=64))]))
     assert same["output_tokens_per_request"]["within_noise"] and same["output_tokens_per_request"]["z"] is None
-    shorter = rows_by_metric(compare_figures(g, loadtest_figures(loadtest_result(output_tokens=50))))
+    shorter = rows_by_metric(compare_figures(g, [loadtest_figures(loadtest_result(output_tokens=50))]))
     assert not shorter["output_tokens_per_request"]["within_noise"]
 
 
 def test_comparison_pairs_benchmarks_by_index_and_records_what_was_sent():
     guidellm = report(benchmark(SYNCHRONOUS), benchmark(THROUGHPUT), benchmark(CONSTANT))
-    result = comparison(guidellm, {0: loadtest_result(), 2: loadtest_result(ttft=(900.0, 900.0, 100.0))})
+    result = comparison(guidellm, {0: [loadtest_result()], 2: [loadtest_result(ttft=(900.0, 900.0, 100.0))]})
     assert [p["shape"]["label"] for p in result["points"]] == ["synchronous", "constant@0.64"]
     assert result["points"][1]["loadtest_args"][:4] == ["--num-prompts", "24", "--request-rate", "0.637735"]
     assert not result["all_within_noise"]                      # constant@0.64: TTFT 500 against 900
@@ -187,7 +226,7 @@ def test_comparison_pairs_benchmarks_by_index_and_records_what_was_sent():
     assert settings["data"] == [{"kind": "synthetic_text", "prompt_tokens": 128, "turns": 1}]
     assert result["loadtest_settings"]["token_source"] == "tokenizer"
     table = format_table(result)
-    assert "| synchronous (24/24 req) | output tok/s | 76.8 | 76.8 | 1 | 0 | yes |" in table
+    assert "| synchronous (24 / 24) | output tok/s | 76.8 | 76.8 | 76.8 | 1 | 0 | yes |" in table
     assert "some figures differ beyond noise" in table
     with pytest.raises(ValueError, match="no guidellm benchmark has a loadtest result"):
         comparison(guidellm, {})
@@ -202,11 +241,18 @@ def test_command_line_prints_shapes_then_compares_files(tmp_path, capsys):
         "1\t--num-prompts 24 --request-rate inf --max-concurrency 12"]
 
     for index in (0, 1):
-        (tmp_path / f"loadtest-{index}.json").write_text(json.dumps(loadtest_result()))
+        for number in (1, 2):           # two loadtest passes, read in pass order whatever the file system's
+            ttft = (500.0, 480.0, 100.0) if number == 1 else (540.0, 520.0, 100.0)
+            (tmp_path / f"loadtest-{index}-{number}.json").write_text(json.dumps(loadtest_result(ttft=ttft)))
     out = tmp_path / "bench" / "comparison.json"
     assert main(["compare", str(path), "--loadtest-dir", str(tmp_path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "throughput@12 (24/24 req)" in printed and "every figure within noise" in printed
+    assert "| throughput@12 (24 / 24 + 24) | output tok/s |" in printed
+    assert "|  | TTFT mean ms | 500.0 | 520.0 | 500.0, 540.0 |" in printed
+    assert "every figure within noise" in printed
     saved = json.loads(out.read_text())
     assert saved["all_within_noise"] and len(saved["points"]) == 2
     assert saved["points"][1]["guidellm"]["ttft_mean_ms"] == 500.0
+    assert [run["ttft_mean_ms"] for run in saved["points"][1]["loadtest_passes"]] == [500.0, 540.0]
+    assert saved["points"][1]["loadtest_reported"][0] == {"duration": 20.0, "request_throughput": 1.2,
+                                                          "output_throughput": 76.8}
