@@ -21,10 +21,8 @@
 #    $LOADTEST_PASSES passes over all shapes: how far two runs of one tool drift apart is part of the noise.
 # 6) One table of both tools' figures with ratios and the gap in standard errors, printed and saved ($RESULT_JSON).
 #
-# Both tools send the same request: {model, prompt, max_tokens, stream, stream_options: {include_usage}}.
-#  - guidellm adds vLLM's stream_options.continuous_usage_stats to every streamed request, which this API refuses
-#    (400, "stream_options.continuous_usage_stats is not a supported field"). Its backend option `extras` merges
-#    into the body, and guidellm drops null fields before sending: continuous_usage_stats=null removes it.
+# Both tools send the same request: {model, prompt, max_tokens, stream, stream_options: {include_usage}}, guidellm
+# with vLLM's stream_options.continuous_usage_stats as well (every chunk then carries the usage so far).
 #  - max_tokens goes through the backend's `max_tokens`, not the data's output_tokens: the latter also sends vLLM's
 #    ignore_eos, which `overfill loadtest` does not send, so an early EOS would end one tool's requests and not the
 #    other's.
@@ -84,7 +82,6 @@ DATA=(--dataset random --random-input-len "$PROMPT_TOKENS" --random-output-len "
 # 4) guidellm's sweep.
 rm -f "$OUT"/loadtest-*.json
 BACKEND="kind=openai_http,target=http://$HTTP,request_format=/v1/completions,max_tokens=$OUTPUT_TOKENS"
-BACKEND+=",extras.body.stream_options.continuous_usage_stats=null"   # see the header: the API refuses it
 GUIDELLM__MAX_WORKER_PROCESSES=$GUIDELLM_WORKERS "$GUIDELLM_VENV/bin/guidellm" run \
     --backend "$BACKEND" \
     --profile "kind=sweep,sweep_size=$SWEEP_SIZE,max_concurrency=$CONCURRENCY" \

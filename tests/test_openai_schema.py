@@ -116,7 +116,7 @@ def test_every_status_code_has_an_http_status():
 
 def pieces() -> list[pb.GenerateResponse]:
     usage = pb.Usage(prompt_tokens=5, completion_tokens=3)
-    return [pb.GenerateResponse(text="Hel", token_ids=[1], request_id="r"),
+    return [pb.GenerateResponse(text="Hel", token_ids=[1], request_id="r", usage=pb.Usage(prompt_tokens=5)),
             pb.GenerateResponse(text="", token_ids=[2], request_id="r"),  # a character not complete yet
             pb.GenerateResponse(text="lo", token_ids=[3], finish_reason="length", usage=usage, request_id="r")]
 
@@ -166,3 +166,12 @@ def test_logprobs_in_openais_chat_and_completion_shapes_streamed_and_whole():
                                                "top_logprobs": [{"Hel": 0.0}, {"\u00e9": 0.0}, {"lo": 0.0}],
                                                "text_offset": [0, 3, 4]}
     assert ReplyBuilder("chat", "r", MODEL).whole(logged).choices[0].logprobs is None  # not asked for
+
+
+def test_continuous_usage_stats_give_every_chunk_the_usage_so_far():
+    body = parse_request(CompletionRequest, {"model": MODEL, "prompt": "a", "stream": True, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}}, MODEL)  # what guidellm sends
+    builder = ReplyBuilder("completion", "r", MODEL, body.include_usage, continuous_usage=body.continuous_usage)
+    chunks = [json.loads(builder.chunk_json(c)) for p in pieces() for c in builder.chunks(p)]
+    assert [(c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"]) for c in chunks] == [(5, 1), (5, 3), (5, 3)]
+    assert [c["choices"][0]["text"] for c in chunks[:2]] == ["Hel", "lo"] and chunks[2]["choices"] == []

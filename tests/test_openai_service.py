@@ -81,8 +81,13 @@ def test_completions_with_stop_and_top_k_equal_the_grpc_api(service, openai_clie
     text, num_tokens, _ = grpc_text(service, prompt=prompt, max_tokens=16)
     whole = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=16)
     assert whole.choices[0].text == text and whole.usage.completion_tokens == num_tokens
-    streamed = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, stream=True)
-    assert "".join(c.choices[0].text for c in streamed) == text
+    streamed = list(openai_client.completions.create(  # guidellm's stream_options (vLLM's continuous usage)
+        model=MODEL, prompt=prompt, max_tokens=16, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text
+    counts = [c.usage.completion_tokens for c in streamed]
+    assert counts == sorted(counts) and counts[-1] == num_tokens and streamed[-1].choices == []
+    assert {c.usage.prompt_tokens for c in streamed} == {whole.usage.prompt_tokens}
     # top_k 1 samples the most likely token: greedy, whatever the temperature and seed.
     top_1 = openai_client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=1.5, seed=3,
                                              extra_body={"top_k": 1})

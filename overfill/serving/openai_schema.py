@@ -38,6 +38,7 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's (guidellm sends it): every chunk carries the usage so far
 
 
 class TextPart(_Strict):
@@ -110,6 +111,10 @@ class _GenerationRequest(_Strict):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -340,11 +345,14 @@ class ModelList(BaseModel):
 class ReplyBuilder:
     """Turns the router's GenerateResponses for one request into OpenAI replies: one whole reply, or stream chunks
     (the first chunk of a chat names the assistant role; the one with finish_reason ends the choice; with
-    `include_usage`, a last chunk without choices carries the usage, and every other chunk has usage null)."""
+    `include_usage`, a last chunk without choices carries the usage, and every other chunk has usage null; with
+    `continuous_usage`, every chunk carries the usage so far, as vLLM's continuous_usage_stats does)."""
 
     def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str, include_usage: bool = False,
-                 logprobs: bool = False):
+                 logprobs: bool = False, continuous_usage: bool = False):
         self.kind, self.model, self.include_usage, self.logprobs = kind, model, include_usage, logprobs
+        self.continuous_usage = continuous_usage
+        self.prompt_tokens = self.completion_tokens = 0  # so far (the first piece names the prompt's)
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}"
         self.created = int(time.time())
         self.role_sent = False
@@ -367,6 +375,8 @@ class ReplyBuilder:
         """The chunks one GenerateResponse becomes (none for an empty middle piece, a character not yet complete,
         unless it carries log-probabilities)."""
         finish = piece.finish_reason or None
+        self.prompt_tokens = self.prompt_tokens or piece.usage.prompt_tokens
+        self.completion_tokens += len(piece.token_ids)
         if not piece.text and finish is None and not piece.logprobs and (self.role_sent or self.kind != "chat"):
             return []
         chunks: list[BaseModel] = []
@@ -382,6 +392,9 @@ class ReplyBuilder:
             self.text_sent += sum(len(entry.token) for entry in piece.logprobs)
             chunks.append(Completion(id=self.id, created=self.created, model=self.model, choices=[
                 CompletionChoice(text=piece.text, finish_reason=finish, logprobs=logprobs)]))
+        if self.continuous_usage:
+            chunks[0].usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                                    total_tokens=self.prompt_tokens + self.completion_tokens)
         if finish is not None and self.include_usage:
             kind = ChatCompletionChunk if self.kind == "chat" else Completion
             chunks.append(kind(id=self.id, created=self.created, model=self.model, choices=[],
@@ -389,5 +402,6 @@ class ReplyBuilder:
         return chunks
 
     def chunk_json(self, chunk: BaseModel) -> str:
-        """A chunk as JSON: `usage` appears (as null before the last chunk) only when include_usage asked for it."""
-        return chunk.model_dump_json(exclude=None if self.include_usage else {"usage"})
+        """A chunk as JSON: `usage` appears (as null where a chunk has none) only when include_usage or
+        continuous_usage asked for it."""
+        return chunk.model_dump_json(exclude=None if self.include_usage or self.continuous_usage else {"usage"})

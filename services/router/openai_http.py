@@ -131,7 +131,7 @@ class OpenAIEndpoints:
                              self.router.config.server.max_chat_messages)
         generate_request = body.to_generate_request(request_id)
         builder = ReplyBuilder(kind, request_id, self.model_name, body.include_usage,
-                               logprobs=generate_request.HasField("logprobs"))
+                               logprobs=generate_request.HasField("logprobs"), continuous_usage=body.continuous_usage)
         # 2) The gRPC path. Its first piece comes after validation and prefill, so a refused request gets its HTTP
         #    status before any byte of a stream is sent.
         pieces = self.router.observed_generate(generate_request, request.state.caller)

@@ -364,6 +364,7 @@ class GenerationRouter:
 
         def message(token_ids: list[int], finish: FinishReason | None,
                     logprobs: list[TokenLogprobs] | None) -> pb.GenerateResponse:
+            first_message = not sent
             sent.extend(token_ids)
             new_text = "".join(detokenizer.push(t) for t in token_ids)
             if finish is not None:
@@ -373,6 +374,8 @@ class GenerationRouter:
             response = pb.GenerateResponse(text=text, token_ids=token_ids, request_id=rid)
             if valid.sampling.logprobs is not None:
                 response.logprobs.extend(logprobs_messages(logprobs or [], self.tokenizer))
+            if first_message:  # what the prompt came to, for clients that count usage as the stream goes
+                response.usage.prompt_tokens = len(valid.prompt_ids)
             if finish is not None:
                 if not stopped:
                     response.text += stops.flush()
