@@ -260,11 +260,16 @@ def serve_forever(config: ServiceConfig, serve_file: dict | None = None) -> None
     from overfill.serving.auth import AUTH_OFF_WARNING
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def stop_on_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    stop_on_signals()
     started = time.perf_counter()
     try:
         start_service(config, serve_file=serve_file)
+        stop_on_signals()  # again: ray.init installs a SIGTERM handler of its own, which skipped the clean stop
         address = f"127.0.0.1:{config.server.grpc_port}"
         with OverFillClient(address) as client:
             replicas = dict(client.health_report().replicas)

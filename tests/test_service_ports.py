@@ -74,3 +74,50 @@ def test_a_start_that_fails_after_ray_started_leaves_no_ray_behind(service_model
         start_service(config, ray_init_kwargs={"num_cpus": 2})
     assert not ray.is_initialized()
     refuse_ports_in_use(config, http_host="127.0.0.1")  # the proxies' ports are free again
+
+
+def test_sigterm_stops_the_service_cleanly_though_ray_init_installs_its_own_handler(monkeypatch):
+    """ray.init replaces the SIGTERM handler with one of its own, under which `overfill serve` died mid-shutdown and
+    left Ray's agents running with the metrics port bound (the next start was refused). serve_forever takes SIGTERM
+    back once the service is up, and stops it."""
+    import os
+    import signal
+    import threading
+    from types import SimpleNamespace
+
+    from overfill.serving.config import load_config
+    from services import app
+
+    stopped, ray_handled = [], []
+
+    def start_like_ray(config, serve_file=None):
+        signal.signal(signal.SIGTERM, lambda *_: ray_handled.append(True))  # as ray.init does
+
+    class Healthy:
+        def __init__(self, address):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def health_report(self):
+            return SimpleNamespace(replicas={"prefill": 1, "decode": 1})
+
+    monkeypatch.setattr(app, "start_service", start_like_ray)
+    monkeypatch.setattr(app, "stop_service", lambda: stopped.append(True))
+    monkeypatch.setattr("overfill.client.OverFillClient", Healthy)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    timers = [threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)),
+              threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))]  # ends the test if SIGTERM did not
+    for timer in timers:
+        timer.start()
+    try:
+        app.serve_forever(load_config(None, ["auth.enabled=true"]))
+    finally:
+        for timer in timers:
+            timer.cancel()
+        signal.signal(signal.SIGTERM, previous[0]), signal.signal(signal.SIGINT, previous[1])
+    assert ray_handled == [] and stopped == [True]
