@@ -46,7 +46,7 @@ def test_decode_pool_scales_up_under_load_and_back_down(service):
                         failures.append(e)
             await asyncio.gather(*(one(i) for i in range(12)))  # 12 streams on 2 slots: KV demand 6
 
-    # Health's replica counts are refreshed once a second: the first may predate the replicas turning RUNNING.
+    # Health's replica counts are at most 5 s old: the first may predate the replicas turning RUNNING.
     assert wait_for(lambda: replicas(service)["decode"] == 1, timeout_s=10), replicas(service)
     driver = threading.Thread(target=lambda: asyncio.run(load()))
     driver.start()

@@ -144,6 +144,27 @@ def test_a_stalled_serve_status_holds_up_health_no_longer_than_its_timeout(monke
         counts.close()
 
 
+def test_replica_counts_younger_than_their_max_age_are_answered_without_asking(monkeypatch):
+    import ray.serve
+
+    import services.router.replica_counts as replica_counts
+
+    calls = []
+    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(app_name="overfill"))
+    monkeypatch.setattr(replica_counts, "running_replicas", lambda app: calls.append(app) or {"decode": len(calls)})
+    counts = replica_counts.ReplicaCounts(timeout_s=1.0, max_age_s=0.3)
+
+    async def run():
+        answers = [await counts.get() for _ in range(5)]
+        await asyncio.sleep(0.35)
+        return answers + [await counts.get()]
+
+    try:
+        assert asyncio.run(run()) == [{"decode": 1}] * 5 + [{"decode": 2}] and len(calls) == 2
+    finally:
+        counts.close()
+
+
 # ---- the prefill call: a timeout, and no lease left by a caller that leaves ----------------------------------------
 
 class HeldPrefill:

@@ -57,6 +57,7 @@ MAX_MIGRATIONS = 1  # times a request whose decode replica died continues on ano
 HEALTH_TIMEOUT_S = 5.0  # a pool whose replicas do not answer within this is not serving
 HEALTH_MAX_AGE_S = 1.0  # health calls answer from one probe of the pools for this long (pool_health.py)
 REPLICA_COUNTS_TIMEOUT_S = 1.0  # Serve's controller answering slower: the last replica counts known stand
+REPLICA_COUNTS_MAX_AGE_S = 5.0  # replica counts are asked of Serve's controller at most this often (replica_counts.py)
 HEALTH_WATCH_PERIOD_S = 2.0  # how often a grpc.health.v1 Watch looks at the pools again
 HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # what grpc.health.v1 answers for: the server as a whole, and the API
 
@@ -125,7 +126,7 @@ class GenerationRouter:
         self.config, self.prefill, self.decode = config, prefill, decode
         self.metrics = RouterMetrics(served_model_name(config))
         self.kv_releaser = lease_releaser(config)
-        self.replica_counts = ReplicaCounts(REPLICA_COUNTS_TIMEOUT_S)
+        self.replica_counts = ReplicaCounts(REPLICA_COUNTS_TIMEOUT_S, REPLICA_COUNTS_MAX_AGE_S)
         self.pool_health = PoolHealth(self._probe_pools, HEALTH_MAX_AGE_S, HEALTH_TIMEOUT_S)
         self.admission_retry = AdmissionRetry(config.decode.admission_retry_s)
         self._late_releases: set[asyncio.Task] = set()  # leases of prefills that finished as their caller left
