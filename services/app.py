@@ -19,7 +19,7 @@ import yaml
 from ray import serve
 from ray.serve.config import RequestRouterConfig, gRPCOptions
 
-from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, config_from_dict
+from overfill.serving.config import APP_IMPORT_PATH, ConfigError, ServiceConfig, config_from_dict, kv_tls_of
 from overfill.serving.tracing import check_exporter
 from services import tls_front
 from services.decode.server import DecodeServer
@@ -120,6 +120,7 @@ def app_builder(args: dict):
     nor the runtime_env, which Ray logs: see resolve_kv_secret."""
     config = resolve_kv_secret(config_from_dict(args))
     check_exporter(config.tracing)
+    kv_tls_of(config.kv)  # KV mutual TLS files: a wrong path fails the deploy, naming the field
     prepare_models(config)
     return build_app(config)
 
@@ -158,6 +159,7 @@ def start_service(config: ServiceConfig, ray_init_kwargs: dict | None = None, se
 
     config = config.with_secret()
     check_exporter(config.tracing)  # an exporter this environment lacks: refused before Ray starts
+    kv_tls_of(config.kv)  # so are KV mutual TLS files that cannot be read or do not match
     prepare_models(config)  # once here, not in every replica
     serve_config = serve_config_of(config, serve_file, import_path)
     schema = ServeDeploySchema.model_validate(serve_config)

@@ -87,6 +87,14 @@ class KVConfig:
     secret: str = ""                      # shared secret; empty: $OVERFILL_KV_SECRET, else a random one per start
     chunk_bytes: int = 2 << 20
     transfer_timeout_s: float = 30.0      # a KV pull (or a process-group send/receive) slower than this: UNAVAILABLE
+    # Mutual TLS for the KV service (overfill/transport/tls.py); all three set, or none (plaintext). PEM files every
+    # replica can read: this replica's certificate (server and client: every pod holds the same), its key, and the
+    # cluster-internal CA bundle a peer's certificate must chain to.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_server_name: str = ""             # the DNS name in the certificate's SAN that clients check the server's
+                                          # certificate against (pod IPs change); "": the dialled host
 
 
 @dataclass
@@ -222,9 +230,19 @@ class ServiceConfig:
         return self
 
     def _security_checks(self) -> list[tuple[str, bool, str]]:
-        server, auth = self.server, self.auth
+        server, auth, kv = self.server, self.auth, self.kv
         tls = bool(server.tls_cert_file)
+        kv_tls = bool(kv.tls_cert_file)
         return [
+            ("kv.tls_key_file", bool(kv.tls_key_file) == kv_tls, "set together with kv.tls_cert_file"),
+            ("kv.tls_ca_file", bool(kv.tls_ca_file) == kv_tls,
+             "set together with kv.tls_cert_file (mutual TLS: the CA that signs every replica's certificate)"),
+            ("kv.tls_server_name", not kv.tls_server_name or (kv_tls and re.fullmatch(
+                r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+                kv.tls_server_name) is not None),
+             "a DNS name from the certificate's SAN, and only with kv.tls_cert_file set"),
+            ("kv.transport", not kv_tls or kv.transport != "inprocess",
+             "grpc, nccl or gloo with kv.tls_cert_file set (inprocess has no network to encrypt)"),
             ("server.tls_port", 0 < server.tls_port < 65536, "in [1, 65535]"),
             ("server.tls_key_file", bool(server.tls_key_file) == tls, "set together with server.tls_cert_file"),
             ("server.tls_port", not tls or server.tls_port not in (server.grpc_port, server.http_port,
@@ -256,6 +274,18 @@ class ServiceConfig:
         """The KV secret resolved: the configured one, else $OVERFILL_KV_SECRET, else a fresh random one."""
         secret = self.kv.secret or os.environ.get(KV_SECRET_ENV) or secrets.token_hex(16)
         return dataclasses.replace(self, kv=dataclasses.replace(self.kv, secret=secret))
+
+
+def kv_tls_of(kv: KVConfig):
+    """`kv.tls_*` read and checked (overfill.transport.tls.KVTLS), or None when mutual TLS is off. Called where the
+    files must be: in each replica that serves or calls a KV service, and by the application's builder, so a path
+    that is wrong everywhere fails the deploy with the field named instead of every replica's start."""
+    from overfill.transport.tls import KVTLSError, load_kv_tls
+
+    try:
+        return load_kv_tls(kv.tls_cert_file, kv.tls_key_file, kv.tls_ca_file, kv.tls_server_name)
+    except KVTLSError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _get(obj, dotted: str):

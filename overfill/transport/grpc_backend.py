@@ -3,7 +3,8 @@
 The prefill replica runs a `KVTransfer` server on a cluster-internal address; the decode replica pulls a lease as a
 stream (header, then chunks of each layer's K and V well under gRPC's message limit) and releases it; while a request
 waits for a decode slot, the decode replica renews its lease (Renew). Every call carries the cluster secret in
-metadata and is refused with UNAUTHENTICATED without it (constant-time compare).
+metadata and is refused with UNAUTHENTICATED without it (constant-time compare). With `tls` (tls.py) the service takes
+only mutual-TLS connections from peers with a certificate of the cluster's CA, and every client presents one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from overfill.transport.chunk_codec import decode_chunk_message, encode_chunk_me
 from overfill.transport.base import KVReceiver, KVSender, KVTicket, KVTransferError, register_backend
 from overfill.transport.leases import LeaseRenewal, LeaseTable
 from overfill.transport.peer_channels import PeerChannels
+from overfill.transport.tls import KVTLS, secure_channel
 from overfill.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DTYPES,
@@ -117,11 +119,12 @@ class _KVTransferServicer:
 
 
 class GrpcKVSender(KVSender):
-    """Serves this replica's leases on `bind_address` (cluster-internal; port 0 picks a free one)."""
+    """Serves this replica's leases on `bind_address` (cluster-internal; port 0 picks a free one); over mutual TLS
+    when `tls` is set (a client without a certificate of its CA is refused in the handshake)."""
 
     def __init__(self, secret: str, bind_address: str = "127.0.0.1:0", advertise_host: str | None = None,
                  lease_ttl_s: float = 30.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_workers: int = 8,
-                 expiry_interval_s: float = 1.0, **_):
+                 expiry_interval_s: float = 1.0, tls: KVTLS | None = None, **_):
         if not secret:
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         if not 0 < chunk_bytes <= MAX_MESSAGE_BYTES // 2:
@@ -140,7 +143,10 @@ class GrpcKVSender(KVSender):
                 response_serializer=pb.RenewResponse.SerializeToString),
             **self._extra_handlers(servicer),
         })])
-        port = self.server.add_insecure_port(bind_address)
+        if tls is None:
+            port = self.server.add_insecure_port(bind_address)
+        else:
+            port = self.server.add_secure_port(bind_address, tls.server_credentials())
         if port == 0:
             raise OSError(f"KV service could not bind {bind_address}")
         host = advertise_host or bind_address.rsplit(":", 1)[0]
@@ -150,7 +156,7 @@ class GrpcKVSender(KVSender):
         self._expiry = threading.Thread(target=self._expire_loop, args=(expiry_interval_s,), daemon=True,
                                         name="kv-lease-expiry")
         self._expiry.start()
-        log.info("KV service listening on %s", self.address)
+        log.info("KV service listening on %s (%s)", self.address, "mutual TLS" if tls else "plaintext")
 
     def _extra_handlers(self, servicer: _KVTransferServicer) -> dict[str, grpc.RpcMethodHandler]:
         """More KVTransfer methods, for backends that move the bytes elsewhere (process_group_backend.py)."""
@@ -168,14 +174,15 @@ class GrpcKVSender(KVSender):
 
 
 class GrpcKVReceiver(KVReceiver):
-    """Pulls leases from any prefill replica's KV service; one channel per address, shared (peer_channels.py)."""
+    """Pulls leases from any prefill replica's KV service; one channel per address, shared (peer_channels.py);
+    over mutual TLS when `tls` is set."""
 
-    def __init__(self, secret: str, **_):
+    def __init__(self, secret: str, tls: KVTLS | None = None, **_):
         if not secret:
             raise ValueError("the KV service needs a shared secret (kv_secret)")
         self.metadata = ((SECRET_METADATA_KEY, secret),)
-        self.channels = PeerChannels(lambda address: grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *KEEPALIVE_OPTIONS]))
+        self.channels = PeerChannels(lambda address: secure_channel(
+            address, tls, [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *KEEPALIVE_OPTIONS]))
 
     @contextmanager
     def _stub(self, address: str) -> Iterator[pb_grpc.KVTransferStub]:

@@ -45,6 +45,7 @@ from overfill.transport.pair_group import (
     StoreHost,
     connect_store,
 )
+from overfill.transport.tls import KVTLS
 from overfill.transport.wire import KVLayout, KVWireError, check_header, layout_mismatch
 from overfill.v1 import kv_transfer_pb2 as pb
 
@@ -287,11 +288,11 @@ class ProcessGroupKVReceiver(GrpcKVReceiver):
     replica's end of a gloo group listens (kv.bind_host)."""
 
     def __init__(self, secret: str, backend: str, device: str = "cpu", bind_host: str = "127.0.0.1",
-                 transfer_timeout_s: float = 30.0, **_):
+                 transfer_timeout_s: float = 30.0, tls: KVTLS | None = None, **_):
         _check_backend(backend)
         if transfer_timeout_s <= 0:
             raise ValueError(f"transfer_timeout_s must be positive, got {transfer_timeout_s}")
-        super().__init__(secret)
+        super().__init__(secret, tls=tls)
         self._secret = secret  # the pairs' handshake proves it (pair_group.py)
         self.backend, self.device, self.bind_host = backend, device, bind_host
         self.transfer_timeout_s = transfer_timeout_s

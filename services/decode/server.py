@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from overfill.decoder_checkpoint import load_decoder
 from overfill.engine.runner import ModelRunner
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
+from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir, kv_tls_of
 from overfill.serving.decode_worker import DecodeSettings, DecodeWorker
 from overfill.serving.tracing import process_tracing
 from overfill.serving.types import AdmissionRefused, PrefillResult, TokenChunk
@@ -33,7 +33,8 @@ class DecodeServer:
         self.metrics = DecodeMetrics(served_model_name(config))
         self.replica_id = own_replica_id()
         self.receiver = make_receiver(config.kv.transport, secret=config.kv.secret, device=config.models.device,
-                                      bind_host=kv_host(config), transfer_timeout_s=config.kv.transfer_timeout_s)
+                                      bind_host=kv_host(config), transfer_timeout_s=config.kv.transfer_timeout_s,
+                                      tls=kv_tls_of(config.kv))
         self.worker = DecodeWorker(
             ModelRunner(decoder), self.receiver, eos_token_ids(decoder.config, decoder.generation_config, tokenizer),
             DecodeSettings(num_slots=config.decode.num_slots, max_seq_len=config.server.max_context_tokens,

@@ -14,7 +14,7 @@ from overfill.engine.linear import bound_onednn_caches
 from overfill.engine.runner import ModelRunner
 from overfill.model_loading import load_model
 from overfill.prompts import eos_token_ids
-from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir
+from overfill.serving.config import ServiceConfig, apply_torch_threads, decoder_dir, kv_tls_of
 from overfill.serving.prefill_worker import PrefillSettings, PrefillWorker
 from overfill.serving.tracing import process_tracing
 from overfill.serving.types import PrefillRequest, PrefillResult
@@ -46,7 +46,8 @@ class PrefillServer:
         check_decoder_fits(decoder_dir(config.models), full.model.config, full.model)
         self.sender = make_sender(config.kv.transport, secret=config.kv.secret, bind_address=f"{kv_host(config)}:0",
                                   lease_ttl_s=config.kv.lease_ttl_s, chunk_bytes=config.kv.chunk_bytes,
-                                  device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s)
+                                  device=config.models.device, transfer_timeout_s=config.kv.transfer_timeout_s,
+                                  tls=kv_tls_of(config.kv))
         self.metrics = PrefillMetrics(served_model_name(config))
         self.worker = PrefillWorker(
             ModelRunner(full.model), self.sender, eos_token_ids(full.model.config, full.model.generation_config,

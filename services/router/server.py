@@ -32,7 +32,7 @@ from overfill.geometry import KVGeometry
 from overfill.model_loading import resolve_model
 from overfill.request_parsing import UnparsableRequest
 from overfill.serving.auth import AUTH_OFF_WARNING, REFUSALS, ApiKeyChecker, load_api_keys
-from overfill.serving.config import ServiceConfig, decoder_dir
+from overfill.serving.config import ServiceConfig, decoder_dir, kv_tls_of
 from overfill.serving.key_limits import KeyConcurrency
 from overfill.serving.request_log import RequestLog
 from overfill.serving.tokenizer_queue import TokenizerQueue
@@ -92,7 +92,7 @@ def lease_releaser(config: ServiceConfig) -> KVReceiver:
     Release there over gRPC, except the in-process one of tests."""
     if config.kv.transport == "inprocess":
         return make_receiver("inprocess")
-    return GrpcKVReceiver(secret=config.kv.secret)
+    return GrpcKVReceiver(secret=config.kv.secret, tls=kv_tls_of(config.kv))
 
 
 def replica_lost(error: BaseException) -> bool:
