@@ -36,7 +36,7 @@ class Pems:
     ca: Path
 
 
-def _write_ca_and_leaf(root: Path, tag: str, dns_names: list[str], ips: list[str] = ()) -> Pems:
+def write_ca_and_certificate(root: Path, tag: str, dns_names: list[str], ips: list[str] = ()) -> Pems:
     """A CA, and a certificate it signs for both TLS roles (every replica serves and calls with the same one)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -81,8 +81,8 @@ def _write_ca_and_leaf(root: Path, tag: str, dns_names: list[str], ips: list[str
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, Pems]:
     root = tmp_path_factory.mktemp("kv-mtls")
-    return {"cluster": _write_ca_and_leaf(root / "cluster", "cluster", [SERVER_NAME]),
-            "other": _write_ca_and_leaf(root / "other", "other", [SERVER_NAME])}
+    return {"cluster": write_ca_and_certificate(root / "cluster", "cluster", [SERVER_NAME]),
+            "other": write_ca_and_certificate(root / "other", "other", [SERVER_NAME])}
 
 
 def tls_of(pems: Pems, server_name: str = SERVER_NAME) -> KVTLS:

@@ -16,6 +16,8 @@ sends in the order it answered. Sends never touch the prefill batch loop.
 A failed or timed-out transfer tears the group down on both sides (the receiver opens a new one on its next
 transfer), fails that request with UNAVAILABLE and frees its lease; both replicas keep serving. The same code runs
 with NCCL on GPUs and with gloo on CPU, which is how CI tests it.
+With `tls` (tls.py) the metadata calls go over mutual TLS as the grpc backend's do; the TCPStore and the bytes on the
+group do not (torch.distributed has no TLS): the pair's HMAC handshake authenticates the peers, nothing encrypts KV.
 """
 
 from __future__ import annotations
