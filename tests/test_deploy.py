@@ -205,7 +205,7 @@ def test_the_network_policy_keeps_ray_and_kv_ports_to_the_clusters_own_pods():
     assert open_to_all == {8000, 9000}  # the public gRPC and HTTP APIs only
     own_pods = yaml.safe_dump({"podSelector": {"matchLabels": selector}})
     assert by_source.pop(own_pods) == set()  # every port, from the cluster's own pods
-    assert sorted(by_source.values(), key=sorted) == [{8080}, {8265, 52365}]
+    assert sorted(by_source.values(), key=sorted) == [{8080}, {8265}]  # the operator: the dashboard only
 
 
 @pytest.mark.parametrize("name, serve_config", [c for c in serve_configs() if c[0] != "local.yaml"],
@@ -214,3 +214,69 @@ def test_cluster_deploy_files_log_json(name, serve_config):
     """Off a laptop, logs go to a pipeline: every replica of the app logs JSON lines (local.yaml keeps text)."""
     logging_config = ServeDeploySchema.model_validate(serve_config).applications[0].logging_config
     assert logging_config is not None and logging_config.encoding == "JSON"
+
+
+OPERATOR_POD = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}}}
+
+
+def who_reaches(policy: dict, port: int) -> list:
+    """The peers a NetworkPolicy lets reach `port` ("anyone" for a rule without `from`)."""
+    peers = []
+    for rule in policy["spec"]["ingress"]:
+        if rule.get("ports") and port not in {p["port"] for p in rule["ports"]}:
+            continue
+        peers += rule.get("from", ["anyone"])
+    return peers
+
+
+@pytest.mark.parametrize("manifest, policy_file, extra_peers", [
+    ("rayservice.yaml", "networkpolicy.yaml", []),
+    # K8sJobMode: the RayJob's submitter pod runs `ray job submit` against the dashboard
+    ("train-rayjob.yaml", "train-networkpolicy.yaml",
+     [{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob",
+                                       "ray.io/originated-from-cr-name": "overfill-train"}}}]),
+])
+def test_the_dashboard_listens_on_the_pod_network_for_the_operator_and_only_it_gets_in(manifest, policy_file,
+                                                                                        extra_peers):
+    """KubeRay's operator deploys serveConfigV2, and follows a RayJob, through the head Service's dashboard port
+    (8265): bound to 127.0.0.1 the RayService would never deploy. So the dashboard stays on 0.0.0.0, and the policy
+    lets only the cluster's own pods, the operator's pod (namespace AND pod label, in one peer: not every pod of that
+    namespace) and, for a RayJob, its submitter reach it; the dashboard agent only the cluster's own pods."""
+    (document,) = yaml.safe_load_all((DEPLOY / "kuberay" / manifest).read_text())
+    cluster = document["spec"].get("rayClusterConfig") or document["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    policy = yaml.safe_load((DEPLOY / "kuberay" / policy_file).read_text())
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert all(selector.items() <= t["metadata"]["labels"].items() for t in templates)
+    own_pods = {"podSelector": {"matchLabels": selector}}
+    assert who_reaches(policy, 8265) == [own_pods, OPERATOR_POD, *extra_peers]
+    assert who_reaches(policy, 52365) == [own_pods]
+    assert who_reaches(policy, 6379) == [own_pods]  # the GCS
+
+
+def test_the_rayservice_runs_its_kv_service_on_mutual_tls_from_a_mounted_secret(tmp_path):
+    """Every pod mounts the Secret overfill-kv-tls where kv.tls_* point; the config turns mutual TLS on with the
+    certificate's fixed name (pod IPs are in no certificate), and a Secret of cert-manager's shape loads."""
+    from overfill.serving.config import config_from_dict, kv_tls_of
+    from tests.test_kv_mtls import write_ca_and_certificate
+
+    spec = rayservice_documents()["RayService"]["spec"]
+    args = our_app(yaml.safe_load(spec["serveConfigV2"]))["args"]
+    kv = args["kv"]
+    cluster = spec["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        (container,) = pod["spec"]["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kv-tls"]
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "kv-tls"]
+        assert mount["readOnly"] and volume["secret"]["secretName"] == "overfill-kv-tls"
+        assert {Path(kv[f"tls_{name}_file"]).parent for name in ("cert", "key", "ca")} == {Path(mount["mountPath"])}
+    assert kv["tls_server_name"] == "overfill-kv"
+    pems = write_ca_and_certificate(tmp_path, "cluster", [kv["tls_server_name"]])
+    names = {"cert": pems.cert, "key": pems.key, "ca": pems.ca}
+    mounted = {f"tls_{name}_file": str(tmp_path / Path(kv[f"tls_{name}_file"]).name) for name in names}
+    for name, path in names.items():  # the Secret's keys: tls.crt, tls.key, ca.crt
+        path.rename(mounted[f"tls_{name}_file"])
+    config = config_from_dict({**args, "kv": {**kv, **mounted}})
+    assert kv_tls_of(config.kv).server_name == "overfill-kv"
