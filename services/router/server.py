@@ -46,7 +46,7 @@ from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics, served_model_name
 from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
-from services.router.grpc_handlers import SERVICE_NAME
+from services.router.grpc_handlers import SERVICE_NAME, StatusAbort
 from services.router.pool_health import PoolHealth, PoolStatus
 from services.router.replica_counts import ReplicaCounts
 from services.router.request_trace import RequestTrace, RequestTracer
@@ -339,10 +339,11 @@ class GenerationRouter:
 
     @staticmethod
     def _abort(error: ServiceError, grpc_context: RayServegRPCContext) -> None:
-        """A status to the gRPC client: set on the context, and raised so the proxy sends it."""
+        """A status to the gRPC client: set on the context, and raised so the proxy sends it, as a StatusAbort (the
+        proxy unpickles what is raised: see StatusAbort's note)."""
         grpc_context.set_code(error.code.to_grpc())
         grpc_context.set_details(error.message)
-        raise error from None
+        raise StatusAbort(error.message) from None
 
     # ---- the request's path --------------------------------------------------------------------------------------
 
