@@ -10,7 +10,9 @@ The front forwards every method of the public services (overfill.v1.Generation a
 unchanged: request and response bytes (never parsed), the request
 metadata (the API key included: the router checks it), the deadline, cancellation (a client that goes away cancels
 the upstream call, which cancels the request in the router), and the status, details and trailing metadata that
-come back. Server reflection, which streams both ways, it answers itself from the same .proto descriptors. Anything
+come back. Health (`Health`, grpc.health.v1 `Check`) it answers from a cache of its own, asking upstream at most once
+a second per answer (services/front_health.py: a keyless health flood then costs this process, not Ray Serve's request
+path). Server reflection, which streams both ways, it answers itself from the same .proto descriptors. Anything
 else, Ray Serve's own RayServeAPIService included (`ListApplications` names every application of the cluster, and
 needs no key), is UNIMPLEMENTED at the front. It holds no state of its own. With TLS on, only `tls_port` is public: `grpc_port` must not be reachable from
 outside the host (firewall it; the Serve proxy binds all interfaces).
@@ -32,6 +34,8 @@ from grpc_reflection.v1alpha import reflection
 
 from overfill.serving.config import ConfigError, ServerConfig
 from overfill.v1 import generation_pb2
+from services.front_health import (GENERATION_HEALTH, HEALTH_CHECK, MAX_AGE_S, UPSTREAM_TIMEOUT_S, HealthCache, Outcome,
+                                   answer_key)
 from services.router.grpc_handlers import MAX_REQUEST_BYTES  # the public edge reads no more than the proxy does
 
 log = logging.getLogger(__name__)
@@ -77,8 +81,8 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, s
 class _PassThrough(grpc.GenericRpcHandler):
     """Answers every known method with a handler that replays the call on the upstream channel, as bytes."""
 
-    def __init__(self, channel: grpc.aio.Channel, methods: dict[str, bool]):
-        self.methods = methods
+    def __init__(self, channel: grpc.aio.Channel, methods: dict[str, bool], health: HealthCache | None = None):
+        self.methods, self.health = methods, health or HealthCache()
         self.calls = {name: (channel.unary_stream(name) if streaming else channel.unary_unary(name))
                       for name, streaming in methods.items()}  # no (de)serializers: bytes in, bytes out
 
@@ -86,6 +90,8 @@ class _PassThrough(grpc.GenericRpcHandler):
         name = handler_call_details.method
         if name not in self.methods:
             return None  # UNIMPLEMENTED
+        if name in (GENERATION_HEALTH, HEALTH_CHECK):
+            return grpc.unary_unary_rpc_method_handler(self._health(name, self.calls[name], self.health))
         if self.methods[name]:
             return grpc.unary_stream_rpc_method_handler(self._stream(self.calls[name]))
         return grpc.unary_unary_rpc_method_handler(self._unary(self.calls[name]))
@@ -105,6 +111,31 @@ class _PassThrough(grpc.GenericRpcHandler):
         return forward
 
     @staticmethod
+    def _health(method: str, upstream, cache: HealthCache):
+        forward = _PassThrough._unary(upstream)
+
+        async def ask(request: bytes) -> Outcome:
+            try:
+                return Outcome(await upstream(request, timeout=UPSTREAM_TIMEOUT_S))
+            except grpc.aio.AioRpcError as e:
+                return Outcome(None, e.code(), e.details() or "")
+
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            key = answer_key(method, request)
+            if key is None:  # not one of the cached answers: forwarded as any call
+                return await forward(request, context)
+            outcome = key
+            if not isinstance(key, Outcome):
+                try:
+                    outcome = await cache.answer(key, lambda: ask(request), context.time_remaining())
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no health answer within the deadline")
+            if outcome.response is None:
+                await context.abort(outcome.code, outcome.details)
+            return outcome.response
+        return answer
+
+    @staticmethod
     def _stream(upstream):
         async def forward(request: bytes, context: grpc.aio.ServicerContext):
             call = upstream(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
@@ -122,8 +153,10 @@ class _PassThrough(grpc.GenericRpcHandler):
 class TLSFront:
     """The front's grpc.aio server and upstream channel, on an event loop in a daemon thread of this process."""
 
-    def __init__(self, credentials: grpc.ServerCredentials, port: int, upstream: str, host: str = "[::]"):
+    def __init__(self, credentials: grpc.ServerCredentials, port: int, upstream: str, host: str = "[::]",
+                 health_max_age_s: float = MAX_AGE_S):
         self.credentials, self.port, self.upstream, self.host = credentials, port, upstream, host
+        self.health = HealthCache(health_max_age_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -156,7 +189,7 @@ class TLSFront:
         channel = grpc.aio.insecure_channel(self.upstream, options=[
             ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)])
-        server = grpc.aio.server(handlers=[_PassThrough(channel, forwarded_methods())], options=[
+        server = grpc.aio.server(handlers=[_PassThrough(channel, forwarded_methods(), self.health)], options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)])
         # Reflection from the front's own descriptors (the same .proto files the proxy's reflection answers from):

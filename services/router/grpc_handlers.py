@@ -27,6 +27,14 @@ SERVICE_NAME = "overfill.v1.Generation"
 MAX_REQUEST_BYTES = 4 * MAX_PROMPT_CHARS + (64 << 10)
 
 
+HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # what grpc.health.v1 answers for: the server as a whole, and the API
+
+
+def unknown_health_service(service: str) -> str:
+    return (f"unknown service {service[:64]!r}: health is reported for "
+            f"{' and '.join(repr(n) for n in HEALTH_SERVICE_NAMES)}")
+
+
 class StatusAbort(Exception):
     """What the router raises to end a gRPC call with the status it set on the call's context (its `_abort`).
 

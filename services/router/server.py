@@ -46,7 +46,7 @@ from overfill.v1 import generation_pb2 as pb
 from services.metrics import RouterMetrics, served_model_name
 from services.router.decode_admission import AdmissionRetry, admitted_decode_stream
 from services.router.error_chain import error_chain
-from services.router.grpc_handlers import SERVICE_NAME, StatusAbort
+from services.router.grpc_handlers import HEALTH_SERVICE_NAMES, SERVICE_NAME, StatusAbort, unknown_health_service
 from services.router.pool_health import PoolHealth, PoolStatus
 from services.router.replica_counts import ReplicaCounts
 from services.router.request_trace import RequestTrace, RequestTracer
@@ -59,16 +59,8 @@ HEALTH_MAX_AGE_S = 1.0  # health calls answer from one probe of the pools for th
 REPLICA_COUNTS_TIMEOUT_S = 1.0  # Serve's controller answering slower: the last replica counts known stand
 REPLICA_COUNTS_MAX_AGE_S = 5.0  # replica counts are asked of Serve's controller at most this often (replica_counts.py)
 HEALTH_WATCH_PERIOD_S = 2.0  # how often a grpc.health.v1 Watch looks at the pools again
-HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # what grpc.health.v1 answers for: the server as a whole, and the API
-
-
 def health_status(serving: bool) -> int:
     return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def unknown_health_service(service: str) -> str:
-    return (f"unknown service {service[:64]!r}: health is reported for "
-            f"{' and '.join(repr(n) for n in HEALTH_SERVICE_NAMES)}")
 
 
 async def answered(call):
