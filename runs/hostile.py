@@ -5,7 +5,10 @@ what was left held afterwards, and whether the issue's "Done when" criterion is 
     bash runs/hostile.sh                      # prints the table, writes docs/bench/hostile.json
 
 It starts the service itself (services.app.start_service) from deploy/local.yaml with API keys on (a key file it
-writes), so keyless attacks meet the real ingress. It serves the embedded default model when the default decoder
+writes) and the TLS front on (a throwaway CA and certificate it writes), so keyless attacks meet the real ingress: the
+Health flood runs against the public TLS port (services/tls_front.py, which answers health from its own cache) and,
+for comparison, against Ray Serve's proxy port behind it. Malformed frames are also sent to a bare grpcio server with
+the same message limit, nothing of Ray or ours in it, as the reference for what gRPC's own refusal costs there. It serves the embedded default model when the default decoder
 is built (overfill.default_decoder), else tiny random models built the way the tests build them (the ingress,
 parsers and queues under attack are the same; tokenizer timings are then those of the tiny tokenizer).
 
@@ -62,7 +65,8 @@ class Row:
     leases_after: int | None = None
     busy_slots_after: int | None = None
     criterion: str = ""
-    passed: bool | None = None              # None: skipped
+    passed: bool | None = None              # None: skipped (or a reference row)
+    reference: bool = False                 # a measurement to compare with, not an attack on the service
     note: str = ""
 
 
@@ -175,8 +179,9 @@ async def malformed_frames(address: str, num_clients: int, duration_s: float) ->
     return outcomes
 
 
-async def health_flood(address: str, num_calls: int, concurrency: int) -> list[tuple[str, float]]:
-    """Keyless `Health` calls, `concurrency` at a time."""
+async def health_flood(address: str, num_calls: int, concurrency: int,
+                       root_certificates: bytes | None = None) -> list[tuple[str, float]]:
+    """Keyless `Health` calls, `concurrency` at a time (over TLS when `root_certificates` is given)."""
     outcomes, left = [], iter(range(num_calls))
 
     async def worker(stub):
@@ -189,9 +194,41 @@ async def health_flood(address: str, num_calls: int, concurrency: int) -> list[t
                 status = e.code().name
             outcomes.append((status, time.monotonic() - start))
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates))
+               if root_certificates else grpc.aio.insecure_channel(address))
+    async with channel:
         await asyncio.gather(*(worker(pb_grpc.GenerationStub(channel)) for _ in range(concurrency)))
     return outcomes
+
+
+BARE_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", int(sys.argv[1]))])
+server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("overfill.v1.Generation", {
+    "Generate": grpc.unary_stream_rpc_method_handler(lambda request, context: iter(()))})])
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def bare_grpc_reference(num_clients: int, duration_s: float) -> list[tuple[str, float]]:
+    """The malformed frames against a bare grpcio server in a process of its own, with the proxy's message limit and
+    nothing of Ray or ours: what gRPC itself takes to refuse them on this machine."""
+    import subprocess
+
+    from services.router.grpc_handlers import MAX_REQUEST_BYTES
+
+    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(MAX_REQUEST_BYTES)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        port = int(server.stdout.readline())
+        return asyncio.run(malformed_frames(f"127.0.0.1:{port}", num_clients, duration_s))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def worst_case_requests() -> list[tuple[str, dict]]:
@@ -309,13 +346,17 @@ def secrets_in_logs(logs_dir: Path, secrets: dict[str, str]) -> dict[str, list[s
 # ---- the run -------------------------------------------------------------------------------------------------------
 
 def service_config(work: Path, keys_file: Path, max_per_key: int):
-    """deploy/local.yaml with API keys on and a per-key limit; the default models if the default decoder is built,
-    else tiny random ones (and the small limits the tests use with them)."""
+    """deploy/local.yaml with API keys on, a per-key limit and the TLS front (a certificate for 127.0.0.1 from a CA
+    made here, `work`/tls/ca.crt); the default models if the default decoder is built, else tiny random ones (and
+    the small limits the tests use with them)."""
     from overfill.default_decoder import default_decoder_dir
     from overfill.serving.config import load_config
+    from tests.test_kv_mtls import write_ca_and_certificate
 
+    tls = write_ca_and_certificate(work / "tls", "hostile", ["localhost"], ["127.0.0.1"])
     overrides = ["auth.enabled=true", f"auth.api_keys_file={keys_file}", f"auth.max_requests_per_key={max_per_key}",
-                 "auth.api_keys_env=OVERFILL_HOSTILE_UNSET"]  # keys from the file only
+                 "auth.api_keys_env=OVERFILL_HOSTILE_UNSET",  # keys from the file only
+                 f"server.tls_cert_file={tls.cert}", f"server.tls_key_file={tls.key}"]
     if default_decoder_dir().is_dir():
         return load_config(REPO / "deploy/local.yaml", overrides), "smollm2-135m + default decoder"
     from tests.service_helpers import build_tiny_models
@@ -341,6 +382,7 @@ def run(args) -> list[Row]:
     progress(f"starting the service ({models}), API keys on, auth.max_requests_per_key={args.max_per_key}")
     config = start_service(config, serve_file=read_serve_file(REPO / "deploy/local.yaml"))
     address = f"127.0.0.1:{config.server.grpc_port}"
+    tls_address, root_certificates = f"127.0.0.1:{config.server.tls_port}", (work / "tls" / "ca.crt").read_bytes()
     max_tokens = config.server.max_tokens_limit
     healthy = HealthyStream(address, keys["healthy"], min(max_tokens, 256))
     healthy.start()
@@ -373,13 +415,21 @@ def run(args) -> list[Row]:
             return row.refusal_max_s is not None and row.refusal_max_s < 1.0 and "OK" not in row.answers
         attack(Row(f"{args.malformed_clients} keyless clients, malformed 8 MiB frames for {args.malformed_s:g} s",
                    criterion="gap <= 3x quiet; every frame refused in < 1 s"), malformed)
+        progress("reference: the same frames against a bare grpcio server")
+        reference = Row(f"reference, not an attack on the service: the same frames for {args.malformed_s:g} s "
+                        "against a bare grpcio server with the same limit (no Ray, nothing of ours)",
+                        criterion="reported only: what gRPC's own refusal takes on this machine", reference=True)
+        summarize(reference, bare_grpc_reference(args.malformed_clients, args.malformed_s))
+        rows.append(reference)
 
-        # 2) Health flood, keyless.
-        def flood(row):
-            summarize(row, asyncio.run(health_flood(address, args.health_calls, 64)))
-            return set(row.answers) == {"OK"}
-        attack(Row(f"keyless Health flood, {args.health_calls} calls, 64 at once",
-                   criterion="gap <= 3x quiet; every call answered SERVING"), flood)
+        # 2) Health flood, keyless: at the public port (the TLS front), then at Ray Serve's proxy port behind it.
+        for where, target, roots in (("the TLS front (public port)", tls_address, root_certificates),
+                                     ("Ray Serve's proxy port (grpc_port, not public with TLS on)", address, None)):
+            def flood(row, target=target, roots=roots):
+                summarize(row, asyncio.run(health_flood(target, args.health_calls, 64, roots)))
+                return set(row.answers) == {"OK"}
+            attack(Row(f"keyless Health flood on {where}, {args.health_calls} calls, 64 at once",
+                       criterion="gap <= 3x quiet; every call answered SERVING"), flood)
 
         # 3) Tokenizer worst cases, one after the other, with a valid key (a keyless one is refused before).
         def worst(row):
@@ -450,7 +500,8 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         answers = ", ".join(f"{status} {num}" for status, num in row.answers.items()) or "-"
         held = "-" if row.leases_after is None else f"{row.leases_after}, {row.busy_slots_after}"
-        result = "skipped" if row.passed is None else ("pass" if row.passed else "FAIL")
+        result = "reference" if row.reference else (
+            "skipped" if row.passed is None else ("pass" if row.passed else "FAIL"))
         lines.append(f"| {row.attack} | {seconds(row.quiet_gap_s)} | {seconds(row.attack_gap_s)} | {answers} | "
                      f"{seconds(row.refusal_p50_s)} | {seconds(row.refusal_max_s)} | {held} | {row.criterion} | "
                      f"{result} |")
