@@ -288,12 +288,19 @@ def test_tls_files_that_cannot_serve_are_refused_naming_the_field(certs, tmp_pat
     cluster, other = certs["cluster"], certs["other"]
     not_pem = tmp_path / "notes.txt"
     not_pem.write_text("a certificate, honest\n")
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(cluster.key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"  # OpenSSL would prompt for its passphrase on the terminal: never here
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
     cases = [
         ({"tls_cert_file": str(tmp_path / "missing.crt")}, "kv.tls_cert_file = '.*missing.crt' cannot be read"),
         ({"tls_key_file": str(not_pem)}, "kv.tls_key_file = '.*notes.txt' is not a PEM private key"),
         ({"tls_key_file": str(cluster.cert)}, "kv.tls_key_file = .* is not a PEM private key"),
         ({"tls_ca_file": str(cluster.key)}, "kv.tls_ca_file = .* is not a PEM CA certificate bundle"),
         ({"tls_key_file": str(other.key)}, "kv.tls_key_file = .* is not the key of kv.tls_cert_file"),
+        ({"tls_key_file": str(encrypted)}, "kv.tls_key_file = .*encrypted.key' is encrypted"),
     ]
     for fields, message in cases:
         config = config_from_dict(kv_args(cluster, **fields))  # the config's shape is right: only the files fail

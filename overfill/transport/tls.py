@@ -83,9 +83,17 @@ def load_kv_tls(cert_file: str, key_file: str, ca_file: str, server_name: str = 
     cert = _read_pem(cert_file, f"{prefix}cert_file", b"CERTIFICATE-----", "certificate")
     key = _read_pem(key_file, f"{prefix}key_file", b"PRIVATE KEY-----", "private key")
     ca = _read_pem(ca_file, f"{prefix}ca_file", b"CERTIFICATE-----", "CA certificate bundle")
+    encrypted = KVTLSError(f"{prefix}key_file = {key_file!r} is encrypted: gRPC takes only an unencrypted key (keep it "
+                           "readable by the service alone instead)")
+    if b"ENCRYPTED" in key:
+        raise encrypted
+
+    def no_passphrase():  # never OpenSSL's prompt on the terminal, which would hang a replica
+        raise encrypted
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(str(Path(cert_file).expanduser()), str(Path(key_file).expanduser()))
+        context.load_cert_chain(str(Path(cert_file).expanduser()), str(Path(key_file).expanduser()), no_passphrase)
     except ssl.SSLError as e:
         raise KVTLSError(f"{prefix}key_file = {key_file!r} is not the key of {prefix}cert_file = {cert_file!r} "
                          f"({e.reason or e})") from None
