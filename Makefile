@@ -20,8 +20,10 @@ install: $(STAMP)
 serve: decoder
 	$(VENV)/bin/overfill serve --config deploy/local.yaml
 
+# Two pytest-xdist workers (the CI machine has 2 cores): one runs every test on the session's Ray cluster, in order,
+# the other the rest meanwhile (tests/conftest.py: pytest_xdist_make_scheduler).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # Build (or reuse) the embedded model's default decoder in $$OVERFILL_HOME (default ~/.cache/overfill): prune
 # SmolLM2-135M, reconstructing what it cuts, then distil it in overfill mode on the shipped data (about 20 minutes

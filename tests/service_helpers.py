@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import socket
 import time
@@ -41,11 +42,14 @@ def ports_outside_the_ephemeral_range() -> range:
 
 def free_port() -> int:
     """A free local port outside the ephemeral range that this test process has not handed out before (two
-    settings given the same port make a config invalid)."""
+    settings given the same port make a config invalid). Under pytest-xdist each worker picks from its own residue
+    class, so that two workers never pick the same port at the same time."""
     ports = ports_outside_the_ephemeral_range()
+    num_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     while True:
         port = _port_picker.randrange(ports.start, ports.stop)
-        if port in _ports_handed_out:
+        if port in _ports_handed_out or port % num_workers != worker:
             continue
         with socket.socket() as s:
             try:

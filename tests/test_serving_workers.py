@@ -675,15 +675,19 @@ def test_a_decode_replica_names_itself_in_a_refusal_and_admits_as_the_last_choic
         slow = await prefill.prefill(PrefillRequest("slow", [5, 6, 7], sampling))
         slow_stream = decode.generate(slow, sampling)
         slow_first = asyncio.create_task(slow_stream.__anext__())
-        assert await wait_until(lambda: decode.worker.stats()["held_step_s"] > 0)
-        other = await prefill.prefill(PrefillRequest("other", [5, 6, 8], sampling))
-        with pytest.raises(AdmissionRefused) as error:
-            await decode.generate(other, sampling, avoid_replicas=("decode-b",)).__anext__()
-        assert error.value.replica_id == "decode-a"
-        last = asyncio.create_task(decode.generate(other, sampling, avoid_replicas=("decode-b", "decode-a"))
-                                   .__anext__())
-        await asyncio.sleep(0.1)
-        device_back.set()
+        try:
+            assert await wait_until(lambda: decode.worker.stats()["held_step_s"] > 0)
+            other = await prefill.prefill(PrefillRequest("other", [5, 6, 8], sampling))
+            with pytest.raises(AdmissionRefused) as error:
+                await decode.generate(other, sampling, avoid_replicas=("decode-b",)).__anext__()
+            assert error.value.replica_id == "decode-a"
+            last = asyncio.create_task(decode.generate(other, sampling, avoid_replicas=("decode-b", "decode-a"))
+                                       .__anext__())
+            await asyncio.sleep(0.1)
+        finally:
+            # Before asyncio.run shuts its executor down: a failed assert must not leave the step's thread held
+            # (asyncio.run would wait for it forever).
+            device_back.set()
         assert (await last).token_ids
         await slow_first
 

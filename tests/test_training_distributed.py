@@ -67,6 +67,7 @@ def test_the_workers_of_a_micro_batch_read_what_one_process_reads():
                                                              + batch_for(step, micro, examples, two, rank=1))
 
 
+@pytest.mark.session_ray
 def test_two_workers_match_one_process_and_resume_bit_for_bit(ray_cluster, setup, capsys):
     from ray.train import UserCallback
 
