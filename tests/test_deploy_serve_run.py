@@ -25,7 +25,7 @@ from services.app import SERVE_PROCESS_ENV
 from services.router.grpc_handlers import MAX_REQUEST_BYTES
 from tests.service_helpers import free_port, tiny_service_config
 
-pytestmark = [pytest.mark.service, pytest.mark.own_ray_cluster]
+pytestmark = [pytest.mark.service, pytest.mark.ray_apart]
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_MAX_BYTES = int(SERVE_PROCESS_ENV["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"])

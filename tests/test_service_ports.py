@@ -60,6 +60,7 @@ def test_test_ports_lie_outside_the_ephemeral_range():
 
 
 @pytest.mark.service
+@pytest.mark.stops_session_ray
 def test_a_start_that_fails_after_ray_started_leaves_no_ray_behind(service_models, monkeypatch):
     import ray
 

@@ -23,9 +23,18 @@ ANSWERS = ["Blue.", "One, two, three, four, five.", "Two plus two is four.", "He
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """The session's Ray cluster (2 CPUs) when this process has one up already, else one for this module (under
+    pytest-xdist, this module runs in the worker that does not run the service modules, tests/conftest.py)."""
+    import ray
+
+    from services.app import stop_service
     from tests.service_helpers import session_ray
 
-    session_ray()  # the test session's one Ray cluster (2 CPUs), shut down at the end of the session
+    started = not ray.is_initialized()
+    session_ray()
+    yield
+    if started:
+        stop_service()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,7 @@ def test_the_workers_of_a_micro_batch_read_what_one_process_reads():
                                                              + batch_for(step, micro, examples, two, rank=1))
 
 
-@pytest.mark.session_ray
+@pytest.mark.ray_apart
 def test_two_workers_match_one_process_and_resume_bit_for_bit(ray_cluster, setup, capsys):
     from ray.train import UserCallback
 
