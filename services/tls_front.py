@@ -124,8 +124,9 @@ class _PassThrough(grpc.GenericRpcHandler):
             key = answer_key(method, request)
             if key is None:  # not one of the cached answers: forwarded as any call
                 return await forward(request, context)
-            outcome = key
-            if not isinstance(key, Outcome):
+            if isinstance(key, Outcome):  # answered by the front itself (an unknown service name)
+                outcome = key
+            else:
                 try:
                     outcome = await cache.answer(key, lambda: ask(request), context.time_remaining())
                 except TimeoutError:
